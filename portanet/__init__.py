@@ -1,0 +1,86 @@
+"""portanet: move trained neural networks between frameworks and run them anywhere.
+
+Public API::
+
+    import portanet
+    model = portanet.convert("deploy.prototxt", "net.caffemodel")   # or an nn.Module / keras.Model
+    model = portanet.optimize(model, level=2)
+    portanet.save(model, "net.onnx", opset=17)
+    out = portanet.Session(model, backend="ort").run({"data": x})
+    report = portanet.verify(["deploy.prototxt", "net.caffemodel"])
+    portanet.Trainer(model, ...).fit(...)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx_ir as ir
+
+__all__ = ["__version__", "load", "save", "convert", "optimize", "Session", "Trainer", "verify"]
+
+
+def load(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model:
+    """Load an ONNX file as portanet IR (upgraded to the canonical opset 18)."""
+    from portanet.ir.io import load_onnx
+
+    return load_onnx(path, upgrade=upgrade)
+
+
+def save(model: ir.Model, path: str | os.PathLike[str], *, opset: int | None = None) -> None:
+    """Save IR as ONNX atomically, converting to ``opset`` (13-21) if given."""
+    from portanet.ir.io import save_onnx
+
+    save_onnx(model, path, opset=opset)
+
+
+def convert(*sources: Any, framework: str | None = None, **options: Any) -> ir.Model:
+    """Convert a source model to IR.
+
+    ``sources`` are file paths (``"deploy.prototxt", "net.caffemodel"``, ``"m-symbol.json"``,
+    ``"m.keras"``, ``"m.pt2"``, ``"m.cmf"``, ``"m.onnx"``) or one in-memory model
+    (``torch.nn.Module`` with ``example_inputs=...``, ``keras.Model``, ``tf.function``).
+    Keyword options are the fields of ``portanet.converters.ConvertOptions``.
+    """
+    from portanet.converters.registry import ConvertOptions, convert_object, convert_paths
+
+    known = set(ConvertOptions.__dataclass_fields__)
+    extra = {k: v for k, v in options.items() if k not in known}
+    opts = ConvertOptions(**{k: v for k, v in options.items() if k in known})
+    opts.extra.update(extra)
+    if len(sources) == 1 and not isinstance(sources[0], str | os.PathLike | list | tuple):
+        return convert_object(sources[0], opts)
+    paths: list[Any] = []
+    for s in sources:
+        paths.extend(s if isinstance(s, list | tuple) else [s])
+    return convert_paths(paths, opts, framework=framework)
+
+
+def optimize(model: ir.Model, level: int = 2, **kwargs: Any) -> ir.Model:
+    """Run the optimizer pipeline at ``level`` (0, 1 = trainable clean-up, 2 = inference)."""
+    from portanet.optimizer import optimize as _optimize
+
+    return _optimize(model, level=level, **kwargs)
+
+
+def verify(*sources: Any, **kwargs: Any) -> Any:
+    """Convert (or take ``onnx=``) and compare against the source framework; returns a report."""
+    from portanet.parity import verify as _verify
+
+    return _verify(*sources, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Session":
+        from portanet.runtime.session import Session
+
+        return Session
+    if name == "Trainer":
+        from portanet.runtime.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'portanet' has no attribute {name!r}")

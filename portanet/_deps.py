@@ -1,0 +1,27 @@
+"""Lazy imports of optional frameworks with an install hint when they are missing."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from portanet.errors import MissingDependencyError
+
+_EXTRA = {
+    "torch": ("torch", "torch"),
+    "tensorflow": ("tensorflow-cpu", "tf"),
+    "keras": ("tensorflow-cpu", "tf"),
+    "tf2onnx": ("tf2onnx", "tf"),
+    "cv2": ("opencv-python-headless", "caffe-ref"),
+    "matplotlib": ("matplotlib", "torch"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError naming the extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        package, extra = _EXTRA.get(top, (top, "all"))
+        raise MissingDependencyError(package, extra) from exc

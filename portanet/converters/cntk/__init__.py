@@ -1,0 +1,1 @@
+"""cntk importer."""

@@ -1,0 +1,81 @@
+"""Op-handler tables: one table per importer, one module per op family registers into it.
+
+    HANDLERS = HandlerTable("caffe")
+
+    @HANDLERS.register("ReLU")
+    def relu(ctx, layer): ...
+
+Before converting, an importer calls ``HANDLERS.check_supported(...)`` with every
+(layer name, layer type) of the source graph, which raises one UnsupportedOpError listing
+every unsupported type. ``HANDLERS.call`` wraps a handler's failure with the layer's
+framework, name and type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from portanet.errors import ConversionError, PortanetError, UnsupportedOpError
+
+Handler = Callable[..., Any]
+
+
+class HandlerTable:
+    def __init__(self, framework: str) -> None:
+        self.framework = framework
+        self._handlers: dict[str, Handler] = {}
+        #: types accepted but converted to nothing (e.g. Silence) or handled by the importer itself
+        self.ignored: set[str] = set()
+
+    def register(self, *op_types: str) -> Callable[[Handler], Handler]:
+        """Decorator registering a handler for one or more source op types."""
+
+        def deco(fn: Handler) -> Handler:
+            for t in op_types:
+                if t in self._handlers:
+                    raise RuntimeError(f"duplicate {self.framework} handler for {t}")
+                self._handlers[t] = fn
+            return fn
+
+        return deco
+
+    def alias(self, op_type: str, existing: str) -> None:
+        """One-line table entry: ``op_type`` is handled like ``existing``."""
+        self._handlers[op_type] = self._handlers[existing]
+
+    def __contains__(self, op_type: str) -> bool:
+        return op_type in self._handlers or op_type in self.ignored
+
+    def get(self, op_type: str) -> Handler:
+        return self._handlers[op_type]
+
+    @property
+    def supported(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def check_supported(self, layers: Iterable[tuple[str, str]], *, path: str | None = None) -> None:
+        """Raise one UnsupportedOpError for every (name, type) whose type has no handler."""
+        missing: dict[str, list[str]] = {}
+        for name, op_type in layers:
+            if op_type not in self:
+                missing.setdefault(op_type, []).append(name)
+        if missing:
+            raise UnsupportedOpError(missing, framework=self.framework, path=path)
+
+    def call(self, op_type: str, layer_name: str, *args: Any, path: str | None = None, **kwargs: Any) -> Any:
+        """Run the handler for ``op_type``; any failure is re-raised located at the layer."""
+        try:
+            return self._handlers[op_type](*args, **kwargs)
+        except ConversionError as exc:
+            raise exc.located(framework=self.framework, layer=layer_name, layer_type=op_type, path=path)
+        except PortanetError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+            raise ConversionError(
+                f"{type(exc).__name__}: {exc}",
+                framework=self.framework,
+                layer=layer_name,
+                layer_type=op_type,
+                path=path,
+            ) from exc

@@ -1,0 +1,288 @@
+"""Loading and saving ONNX files: opset conversion, external data, atomic writes.
+
+* ``load_onnx`` accepts opsets 7-21 and upgrades to the canonical opset 18 (``upgrade=False``
+  keeps the file's opset). External-data locations must stay inside the model's folder.
+* ``save_onnx`` writes to a temporary file in the destination folder and renames it into
+  place, so an interrupted save never leaves a half-written file. ``opset`` (13-21) converts
+  through onnx's version converter; where onnx has no down-conversion adapter for an op
+  whose signature did not change between the two versions (only types were added), the
+  node is relabelled, and ops with real changes go through the converter one node at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from portanet.errors import InvalidInputError, InvalidModelError
+from portanet.ir.builder import CANONICAL_OPSET, IR_VERSION
+
+log = logging.getLogger(__name__)
+
+MIN_LOAD_OPSET = 7
+MAX_OPSET = 21
+MIN_SAVE_OPSET = 13
+#: above this many initializer bytes, tensors go to an external-data file
+EXTERNAL_THRESHOLD = 1_800_000_000
+
+
+def model_opset(model: ir.Model | onnx.ModelProto) -> int:
+    if isinstance(model, onnx.ModelProto):
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                return o.version
+        return 1
+    return model.opset_imports.get("", 1)
+
+
+def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external-data locations that are absolute or escape the model's folder."""
+    base = path.resolve().parent
+
+    def tensors():
+        yield from proto.graph.initializer
+        for node in proto.graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+
+    for t in tensors():
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), None)
+        if loc is None:
+            raise InvalidModelError(f"{path}: tensor '{t.name}' has external data without a location")
+        if os.path.isabs(loc) or not (base / loc).resolve().is_relative_to(base):
+            raise InvalidModelError(
+                f"{path}: tensor '{t.name}' points its external data outside the model's folder ('{loc}'); refused"
+            )
+        if not (base / loc).is_file():
+            raise InvalidModelError(f"{path}: external data file '{loc}' of tensor '{t.name}' is missing")
+
+
+def read_onnx_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read and validate an ONNX file without loading external tensor data."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InvalidInputError(f"{p}: is a directory, expected an .onnx file")
+    if p.stat().st_size == 0:
+        raise InvalidModelError(f"{p}: empty file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise InvalidModelError(f"{p}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise InvalidModelError(f"{p}: not a valid ONNX file (no graph)")
+    _check_external_locations(proto, p)
+    opset = model_opset(proto)
+    if not MIN_LOAD_OPSET <= opset <= MAX_OPSET:
+        raise InvalidModelError(f"{p}: opset {opset} is outside the supported range {MIN_LOAD_OPSET}-{MAX_OPSET}")
+    try:
+        onnx.checker.check_model(str(p))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise InvalidModelError(f"{p}: ONNX checker rejected the model: {first}") from exc
+    return proto
+
+
+def load_onnx(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model:
+    """Load an ONNX file as IR; upgrade to the canonical opset unless ``upgrade=False``."""
+    p = Path(path)
+    proto = read_onnx_proto(p)
+    if upgrade and model_opset(proto) != CANONICAL_OPSET:
+        proto = convert_opset(proto, CANONICAL_OPSET, where=str(p))
+    model = ir.serde.deserialize_model(proto)
+    ir.external_data.set_base_dir(model.graph, p.resolve().parent)
+    return model
+
+
+def convert_opset(proto: onnx.ModelProto, target: int, *, where: str = "model") -> onnx.ModelProto:
+    """Convert ``proto`` (default domain) to opset ``target``."""
+    source = model_opset(proto)
+    if source == target:
+        return proto
+    try:
+        out = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # noqa: BLE001 - onnx raises RuntimeError/IndexError/...
+        log.debug("whole-model version conversion failed (%s); converting node by node", exc)
+        out = _convert_nodewise(proto, source, target, where)
+    _restore_node_metadata(proto, out)
+    out.ir_version = max(out.ir_version, 7 if target < 15 else 8)
+    if any(n.metadata_props for n in out.graph.node):
+        out.ir_version = max(out.ir_version, IR_VERSION)
+    return out
+
+
+def _restore_node_metadata(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """onnx's version converter drops node metadata_props (our provenance): copy it back by
+    node name, or by first output name for nodes an adapter re-created."""
+    by_name = {n.name: n.metadata_props for n in before.graph.node if n.name and n.metadata_props}
+    by_output = {o: n.metadata_props for n in before.graph.node if n.metadata_props for o in n.output}
+    for node in after.graph.node:
+        if node.metadata_props:
+            continue
+        props = by_name.get(node.name) or next((by_output[o] for o in node.output if o in by_output), None)
+        if props:
+            node.metadata_props.extend(props)
+
+
+def _same_signature(op: str, domain: str, v_from: int, v_to: int) -> bool:
+    try:
+        a = onnx.defs.get_schema(op, v_from, domain)
+        b = onnx.defs.get_schema(op, v_to, domain)
+    except onnx.defs.SchemaError:
+        return False
+    if a.since_version == b.since_version:
+        return True
+
+    def sig(s):
+        return (
+            [(i.name, i.option) for i in s.inputs],
+            [(o.name, o.option) for o in s.outputs],
+            sorted((k, v.type, v.required) for k, v in s.attributes.items()),
+        )
+
+    return sig(a) == sig(b)
+
+
+def _convert_nodewise(proto: onnx.ModelProto, source: int, target: int, where: str) -> onnx.ModelProto:
+    """Relabel signature-identical ops; run the converter on single-node models for the rest."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    inits = {t.name: t for t in proto.graph.initializer}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx") or _same_signature(node.op_type, "", source, target):
+            new_nodes.append(node)
+            continue
+        new_nodes.extend(_convert_single(node, types, inits, source, target, where))
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    for o in out.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = target
+    try:
+        onnx.checker.check_model(out)
+    except onnx.checker.ValidationError as exc:
+        raise InvalidModelError(f"{where}: cannot convert from opset {source} to {target}: {exc}") from exc
+    return out
+
+
+def _convert_single(node, types, inits, source, target, where) -> list[onnx.NodeProto]:
+    from onnx import helper
+
+    ins, init_list = [], []
+    for name in node.input:
+        if not name:
+            continue
+        if name in inits:
+            init_list.append(inits[name])
+        elif name in types:
+            ins.append(types[name])
+        else:
+            raise InvalidModelError(
+                f"{where}: cannot convert node '{node.name}' ({node.op_type}) to opset {target}: type of '{name}' unknown"
+            )
+    outs = [types.get(n) or helper.make_empty_tensor_value_info(n) for n in node.output if n]
+    g = helper.make_graph([node], "single", ins, outs, initializer=init_list)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", source)], ir_version=proto_ir(source))
+    try:
+        conv = onnx.version_converter.convert_version(m, target)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidModelError(
+            f"{where}: node '{node.name}' ({node.op_type}) cannot be converted from opset {source} to {target}: "
+            f"{str(exc).strip().splitlines()[-1]}"
+        ) from exc
+    result = list(conv.graph.node)
+    # constant inputs that the adapter folded into attributes keep their initializers in the
+    # outer graph; unused ones are harmless and removed by the optimizer
+    for n in result:
+        if not n.metadata_props and node.metadata_props:
+            n.metadata_props.extend(node.metadata_props)
+    return result
+
+
+def proto_ir(opset: int) -> int:
+    return 8 if opset >= 15 else 7
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is not None:
+            total += t.nbytes
+    return total
+
+
+def save_onnx(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically, converting to ``opset`` if given.
+
+    ``external_data`` forces (True) or forbids (False) an external ``<name>.data`` file; by
+    default it is used only above ~1.8 GB of weights (protobuf's 2 GB limit).
+    """
+    out = Path(path)
+    if opset is not None and not MIN_SAVE_OPSET <= opset <= MAX_OPSET:
+        raise InvalidInputError(f"opset {opset} is outside the supported range {MIN_SAVE_OPSET}-{MAX_OPSET}")
+    if out.is_dir():
+        raise InvalidInputError(f"{out}: is a directory")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise InvalidInputError(f"{out}: folder {parent} does not exist")
+    use_ext = external_data if external_data is not None else _initializer_bytes(model) > EXTERNAL_THRESHOLD
+    data_name = out.name + ".data" if use_ext else None
+    tmpdir = Path(tempfile.mkdtemp(prefix=".portanet-save-", dir=parent))
+    try:
+        tmp = tmpdir / out.name
+        target = opset if opset is not None else model_opset(model)
+        if not model.ir_version or model.ir_version < IR_VERSION:
+            model.ir_version = IR_VERSION
+        ir.save(model, tmp, external_data=data_name)
+        if target != model_opset(model):
+            proto = onnx.load(str(tmp), load_external_data=False)
+            proto = convert_opset(proto, target, where=str(out))
+            onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp))
+        except onnx.checker.ValidationError as exc:
+            raise InvalidModelError(f"{out}: refusing to write an invalid model: {exc}") from exc
+        if data_name:
+            os.replace(tmpdir / data_name, parent / data_name)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmpdir)
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes through a temporary file and a rename (for reports, npz, repro files)."""
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".portanet-", dir=out.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out
