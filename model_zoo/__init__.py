@@ -1,0 +1,1 @@
+"""Builders of reference models in each source framework (code, not binaries)."""

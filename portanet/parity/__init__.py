@@ -1,0 +1,1 @@
+"""Parity: reference runners per source framework, comparison, bisection, reports."""
