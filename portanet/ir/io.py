@@ -136,36 +136,91 @@ def _restore_node_metadata(before: onnx.ModelProto, after: onnx.ModelProto) -> N
             node.metadata_props.extend(props)
 
 
-def _same_signature(op: str, domain: str, v_from: int, v_to: int) -> bool:
+def _formal_name(params, i: int) -> str | None:
+    """Name of the i-th formal input/output of a schema (variadic last parameter repeats)."""
+    if i < len(params):
+        return params[i].name
+    if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return params[-1].name
+    return None
+
+
+def _node_compatible(node: onnx.NodeProto, source: int, target: int) -> bool:
+    """True if ``node`` means the same at opset ``target``: same schema, or every attribute and
+    every input/output position it actually uses exists with the same name in the target schema
+    (later versions mostly add types, optional inputs and attributes)."""
     try:
-        a = onnx.defs.get_schema(op, v_from, domain)
-        b = onnx.defs.get_schema(op, v_to, domain)
+        a = onnx.defs.get_schema(node.op_type, source, "")
+        b = onnx.defs.get_schema(node.op_type, target, "")
     except onnx.defs.SchemaError:
         return False
     if a.since_version == b.since_version:
         return True
+    if not {at.name for at in node.attribute} <= set(b.attributes):
+        return False
+    for formal_a, formal_b, actual in ((a.inputs, b.inputs, node.input), (a.outputs, b.outputs, node.output)):
+        for i, name in enumerate(actual):
+            if name and _formal_name(formal_a, i) != _formal_name(formal_b, i):
+                return False
+    required_b = sum(1 for f in b.inputs if f.option == onnx.defs.OpSchema.FormalParameterOption.Single)
+    return len([n for n in node.input]) >= required_b
 
-    def sig(s):
-        return (
-            [(i.name, i.option) for i in s.inputs],
-            [(o.name, o.option) for o in s.outputs],
-            sorted((k, v.type, v.required) for k, v in s.attributes.items()),
-        )
 
-    return sig(a) == sig(b)
+_REDUCE_AXES_AS_INPUT_SINCE_18 = {
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+}
+
+
+def _downgrade_rewrite(node: onnx.NodeProto, inits: dict, target: int, where: str) -> onnx.NodeProto | None:
+    """Exact rewrites for opset-18 changes that onnx has no down-conversion adapter for."""
+    from onnx import helper, numpy_helper
+
+    if target >= 18:
+        return None
+    if node.op_type in _REDUCE_AXES_AS_INPUT_SINCE_18 and len(node.input) >= 2 and node.input[1]:
+        if node.input[1] not in inits:
+            raise InvalidModelError(
+                f"{where}: node '{node.name}' ({node.op_type}) has non-constant axes; it cannot be expressed below opset 18"
+            )
+        axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]]).ravel()]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not axes and attrs.get("noop_with_empty_axes"):
+            return None
+        attrs.pop("noop_with_empty_axes", None)
+        new = helper.make_node(node.op_type, [node.input[0]], list(node.output), name=node.name, axes=axes, **attrs)
+    elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
+        # Split-13 without a `split` input divides equally into len(outputs) parts, which is what
+        # num_outputs means when the dimension divides evenly (ORT checks that at run time).
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "num_outputs"}
+        new = helper.make_node("Split", list(node.input[:1]), list(node.output), name=node.name, **attrs)
+    else:
+        return None
+    new.metadata_props.extend(node.metadata_props)
+    return new
 
 
 def _convert_nodewise(proto: onnx.ModelProto, source: int, target: int, where: str) -> onnx.ModelProto:
-    """Relabel signature-identical ops; run the converter on single-node models for the rest."""
+    """Fallback when onnx's whole-model converter lacks an adapter (mostly down-conversions
+    within 13-21): keep nodes whose meaning is unchanged, rewrite the known opset-18 changes,
+    and run the converter on single-node models for the rest."""
+    if min(source, target) < MIN_SAVE_OPSET:
+        raise InvalidModelError(f"{where}: onnx cannot convert this model from opset {source} to {target}")
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     inits = {t.name: t for t in proto.graph.initializer}
     new_nodes: list[onnx.NodeProto] = []
     for node in proto.graph.node:
-        if node.domain not in ("", "ai.onnx") or _same_signature(node.op_type, "", source, target):
+        if node.domain not in ("", "ai.onnx"):
             new_nodes.append(node)
             continue
-        new_nodes.extend(_convert_single(node, types, inits, source, target, where))
+        rewritten = _downgrade_rewrite(node, inits, target, where)
+        if rewritten is not None:
+            new_nodes.append(rewritten)
+        elif _node_compatible(node, source, target):
+            new_nodes.append(node)
+        else:
+            new_nodes.extend(_convert_single(node, types, inits, source, target, where))
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.node[:]

@@ -55,8 +55,11 @@ class OrtBackend(Backend):
         providers = providers_for(device)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         try:
-            size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-            if size > _PROTO_LIMIT:
+            consts = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+            size = sum(t.nbytes for t in consts)
+            external = any(isinstance(t, ir.ExternalTensor) for t in consts)
+            if size > _PROTO_LIMIT or external:
+                # protobuf cannot hold > 2 GB, and ORT resolves external data relative to a file
                 from portanet.ir.io import save_onnx
 
                 self._tmp = tempfile.TemporaryDirectory(prefix="portanet-ort-")
