@@ -285,6 +285,60 @@ def _load_array(path: Path) -> np.ndarray:
 # --- verify ---
 # --- train ---
 # --- bench ---
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--backends", default="ort,torch", show_default=True,
+              help="Comma list of ort, torch, source (source = the original framework; needs --source).")
+@click.option("--batch-sizes", default="1,32", show_default=True, help="Comma list of batch sizes.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed runs before timing.")
+@click.option("--iters", default=20, show_default=True, help="Minimum timed runs per cell.")
+@click.option("--source", "sources", multiple=True, type=click.Path(path_type=Path),
+              help="Source model file(s) for the 'source' backend (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG bar chart of p50 latency.")
+def bench(model_path: Path, backends: str, batch_sizes: str, device: str, warmup: int, iters: int,
+          sources: tuple[Path, ...], as_json: bool, plot: Path | None) -> None:
+    """Measure latency (p50/p90) and throughput of MODEL per backend and batch size.
+
+    \b
+    Examples:
+      portanet bench net.onnx
+      portanet bench net.onnx --backends ort,torch --batch-sizes 1,8,32 --plot bench.png
+      portanet bench net.onnx --backends ort,source --source deploy.prototxt --source net.caffemodel
+    """
+    from rich.table import Table
+
+    from portanet.ir.io import load_onnx
+    from portanet.runtime.bench import bench_model, plot_results
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as exc:
+        raise InvalidInputError(f"--batch-sizes '{batch_sizes}': expected comma-separated integers") from exc
+    if not sizes or min(sizes) < 1:
+        raise InvalidInputError(f"--batch-sizes '{batch_sizes}': sizes must be positive")
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    model = load_onnx(model_path, upgrade=False)
+    con = console()
+    with con.status("benchmarking ...") as status:
+        results = bench_model(model, backends=names, batch_sizes=sizes, device=device, warmup=warmup,
+                              iters=iters, sources=sources,
+                              on_result=lambda r: status.update(f"{r.backend} batch {r.batch}: {r.p50_ms:.2f} ms"))
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        table = Table(title=f"{model_path.name} on {device}")
+        for col in ("backend", "batch", "p50 ms", "p90 ms", "samples/s", "runs"):
+            table.add_column(col, justify="left" if col == "backend" else "right")
+        for r in results:
+            table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:,.1f}",
+                          str(r.runs))
+        con.print(table)
+    if plot is not None:
+        plot_results(results, plot, title=model_path.name)
+        if not as_json:
+            con.print(f"[green]wrote[/green] {plot}")
 
 
 def main() -> None:
