@@ -1,0 +1,203 @@
+"""Walk a Keras 3 model's layer graph and emit the IR.
+
+The walk follows the functional graph (``_nodes_by_depth``), not a trace: every node of a
+layer is converted by the layer class's handler; nested models (Sequential inside
+Functional, keras.applications sub-models) are walked recursively with their inputs bound
+to the outer tensors. Sequential models are walked through their functional graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from portanet.converters.keras import layout
+from portanet.converters.keras.context import KerasContext, static_shape
+from portanet.converters.keras.ops import HANDLERS
+from portanet.converters.registry import ConvertOptions
+from portanet.errors import ConversionError, InvalidInputError
+from portanet.ir.builder import BATCH, GraphBuilder
+
+log = logging.getLogger(__name__)
+
+FRAMEWORK = "keras"
+
+
+def functional_of(model: Any) -> Any:
+    """The functional graph behind ``model`` (Sequential models keep one once built)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        fn = getattr(model, "_functional", None)
+        if fn is None:
+            raise ConversionError(
+                f"Sequential model '{model.name}' is not built: give it a keras.Input so its input shape is known",
+                framework=FRAMEWORK,
+            )
+        return fn
+    if not hasattr(model, "_nodes_by_depth"):
+        raise ConversionError(
+            f"model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model without a layer graph; "
+            "build it with the Functional or Sequential API, or convert a tf.function of it",
+            framework=FRAMEWORK,
+        )
+    return model
+
+
+def is_model(op: Any) -> bool:
+    import keras
+
+    return isinstance(op, keras.Model)
+
+
+def layer_type(op: Any) -> str:
+    """The handler key of a graph operation: the Keras layer class name; raw ``keras.ops``
+    calls in a functional graph are reported as ``ops.<Name>``."""
+    import keras
+
+    name = type(op).__name__
+    return name if isinstance(op, keras.layers.Layer) else f"ops.{name}"
+
+
+def iter_nodes(model: Any) -> Iterator[Any]:
+    """The model's graph nodes in execution order (inputs first)."""
+    fn = functional_of(model)
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        yield from fn._nodes_by_depth[depth]
+
+
+def collect_layers(model: Any) -> list[tuple[str, str]]:
+    """Every (layer name, handler key) in ``model``, nested models included."""
+    out: list[tuple[str, str]] = []
+    for node in iter_nodes(model):
+        op = node.operation
+        if is_model(op):
+            out.extend(collect_layers(op))
+        elif layer_type(op) != "InputLayer":
+            out.append((op.name, layer_type(op)))
+    return out
+
+
+def _history_name(tensor: Any) -> str:
+    return tensor._keras_history.operation.name
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append(f"{n}_{seen[n]}")
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+def input_names(model: Any) -> list[str]:
+    """IR input names: the Keras InputLayer names, in ``model.inputs`` order."""
+    return _unique_names([_history_name(t) for t in functional_of(model).inputs])
+
+
+def output_names(model: Any) -> list[str]:
+    """IR output names: the names of the Keras layers producing ``model.outputs``."""
+    return _unique_names([_history_name(t) for t in functional_of(model).outputs])
+
+
+def interface_perm(rank: int, nchw: bool) -> layout.Perm:
+    """Layout of a graph input/output: the Keras order, or channels-first for ``--nchw``
+    (tensors of rank >= 3 only)."""
+    return layout.to_channels_first(rank) if nchw else layout.identity(rank)
+
+
+def _np_dtype(dtype: Any) -> np.dtype:
+    try:
+        return np.dtype(str(dtype))
+    except TypeError:
+        return np.dtype(np.float32)
+
+
+def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
+    fn = functional_of(model)
+    for node in iter_nodes(model):
+        op = node.operation
+        if layer_type(op) == "InputLayer":
+            continue
+        ins, outs = list(node.input_tensors), list(node.output_tensors)
+        if is_model(op):
+            inner = functional_of(op)
+            for inner_t, outer_t in zip(inner.inputs, ins):
+                ctx.alias(inner_t, outer_t)
+            _walk(ctx, op, path)
+            for outer_t, inner_t in zip(outs, inner.outputs):
+                ctx.alias(outer_t, inner_t)
+            continue
+        kind = layer_type(op)
+        with ctx.b.layer(op.name, kind):
+            HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
+    del fn
+
+
+def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence[Any] = (),
+                  path: str | None = None) -> ir.Model:
+    """Convert a built Keras 3 model to the IR (NCHW inside; see ``interface_perm``)."""
+    import portanet.converters.keras.ops  # noqa: F401  (registers every handler family)
+
+    fn = functional_of(model)
+    HANDLERS.check_supported(collect_layers(model), path=path)
+    b = GraphBuilder(FRAMEWORK, name=model.name)
+    ctx = KerasContext(b)
+    nchw = bool(options.nchw)
+    in_names = input_names(model)
+    overrides = dict(options.input_shapes)
+    if "" in overrides:
+        if len(in_names) != 1:
+            raise InvalidInputError(f"{path or model.name}: --input-shape without a name needs a single-input "
+                                    f"model; inputs: {', '.join(in_names)}")
+        overrides[in_names[0]] = overrides.pop("")
+    unknown = sorted(set(overrides) - set(in_names))
+    if unknown:
+        raise InvalidInputError(f"{path or model.name}: no input named {', '.join(unknown)}; "
+                                f"inputs: {', '.join(in_names)}")
+    for name, t in zip(in_names, fn.inputs):
+        shape = static_shape(t)
+        perm = interface_perm(len(shape), nchw)
+        dims: list[int | str | None] = [shape[p] for p in perm]
+        dims[0] = dims[0] if dims[0] is not None and not options.dynamic_batch else BATCH
+        if name in overrides:
+            want = overrides[name]
+            if len(want) != len(dims):
+                raise InvalidInputError(f"{path or model.name}: input '{name}' has rank {len(dims)}, "
+                                        f"--input-shape gives {len(want)} dims")
+            dims = list(want)
+        value = b.add_input(name, dims, _np_dtype(t.dtype))
+        ctx.set(t, value, perm)
+    out_names = output_names(model)
+    for name in out_names:  # reserved so that graph outputs carry exactly the Keras layer names
+        b.unique_value_name(name)
+    _walk(ctx, model, path)
+    for name, t in zip(out_names, fn.outputs):
+        perm = interface_perm(len(t.shape), nchw)
+        op = t._keras_history.operation
+        with b.layer(op.name, layer_type(op)):
+            value = ctx.get(t, perm)
+            if value in b.inputs or value in b.outputs or value.const_value is not None:
+                value = b.op("Identity", [value])
+            ctx.layer_perms[op.name] = perm
+        value.name = name
+        b.outputs.append(value)
+    extra = {"portanet.keras.layouts": _layouts_json(ctx.layer_perms)}
+    return b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra)
+
+
+def _layouts_json(perms: dict[str, layout.Perm]) -> str:
+    import json
+
+    # only non-trivial layouts are recorded: the reference runner uses them to hand back
+    # intermediate layer outputs in the IR's layout
+    return json.dumps({k: list(v) for k, v in perms.items() if not layout.is_identity(v)}, sort_keys=True)
