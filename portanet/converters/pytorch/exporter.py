@@ -1,0 +1,256 @@
+"""nn.Module / ExportedProgram -> IR through ``torch.onnx.export(..., dynamo=True)``.
+
+The dynamo exporter records, on every ONNX node, the module path stack it was traced in
+(``pkg.torch.onnx.name_scopes``, e.g. ``['', 'features', 'features.3', 'features.3.conv', 'conv2d']``)
+and the matching classes (``pkg.torch.onnx.class_hierarchy``). The innermost module path
+becomes the node's ``portanet.source`` and its class the ``portanet.source_type``, so parity
+tools can compare IR values with forward-hook outputs keyed by module path. Nodes traced in
+the root module's own ``forward`` (``torch.flatten(x, 1)`` and the like) get the FX node name and
+the aten op instead, since no submodule produced them.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from portanet._deps import require
+from portanet.converters.registry import ConvertOptions
+from portanet.errors import ConversionError, InvalidInputError
+from portanet.ir.builder import BATCH, CANONICAL_OPSET
+from portanet.ir.io import convert_opset
+from portanet.ir.metadata import set_model_metadata
+from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
+
+log = logging.getLogger(__name__)
+
+FRAMEWORK = "pytorch"
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
+#: the exporter's marker for nodes traced outside any module (shape arithmetic on inputs)
+_NO_MODULE = "_empty_nn_module_stack"
+#: batch used for tracing when the batch dimension is dynamic: torch.export specializes size-1 dims
+_TRACE_BATCH = 2
+
+
+# ------------------------------------------------------------------------------ example inputs
+def _to_tensor(x: Any, where: str) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray | np.generic):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise InvalidInputError(f"{where}: example inputs must be tensors or numpy arrays, received {type(x).__name__}")
+
+
+def _forward_params(module: Any) -> list[str]:
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def example_inputs_for(module: Any, options: ConvertOptions, *, where: str) -> tuple[Any, ...]:
+    """The positional example inputs: ``options.example_inputs`` or random tensors of ``--input-shape``."""
+    import torch
+
+    ex = options.example_inputs
+    if ex is not None:
+        items = list(ex) if isinstance(ex, list | tuple) else [ex]
+        return tuple(_to_tensor(x, where) for x in items)
+    shapes = options.input_shapes
+    if not shapes:
+        raise InvalidInputError(
+            f"{where}: PyTorch models need an example input: pass example_inputs=... (Python) "
+            "or --input-shape 1x3x224x224 (command line)"
+        )
+    if "" in shapes:
+        if len(shapes) != 1:
+            raise InvalidInputError(f"{where}: give either one unnamed --input-shape or named ones, not both")
+        ordered = [shapes[""]]
+    else:
+        params = _forward_params(module) if module is not None else []
+        unknown = [n for n in shapes if params and n not in params]
+        if unknown:
+            raise InvalidInputError(
+                f"{where}: --input-shape names {', '.join(unknown)}, but forward() takes {', '.join(params)}"
+            )
+        ordered = [shapes[n] for n in (sorted(shapes, key=params.index) if params else shapes)]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for dims in ordered:
+        # symbolic dims ("N") become the tracing batch size
+        concrete = [d if isinstance(d, int) else _TRACE_BATCH for d in dims]
+        out.append(torch.randn(*concrete, generator=g))
+    return tuple(out)
+
+
+def _trace_args(args: tuple[Any, ...], dynamic: bool) -> tuple[Any, ...]:
+    """Repeat batch-1 examples to batch 2 when the batch is dynamic (torch.export would pin a 1)."""
+    if not dynamic:
+        return args
+    out = []
+    for a in args:
+        if a.ndim >= 1 and a.shape[0] == 1:
+            a = a.expand(_TRACE_BATCH, *a.shape[1:]).clone()
+        out.append(a)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------ export
+def _summary(exc: BaseException) -> str:
+    """The most informative single line of a torch.onnx export error."""
+    text = str(exc)
+    m = re.search(r"## Exception summary\s*\n+(.+)", text)
+    line = m.group(1) if m else next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+    return line[:500]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter warns about optional packages and deprecations; keep the user's log clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_to_ir(
+    obj: Any,
+    options: ConvertOptions,
+    *,
+    source_files: Sequence[Any] = (),
+    where: str = "module",
+) -> ir.Model:
+    """Export an ``nn.Module`` or ``ExportedProgram`` to the IR at the canonical opset, with provenance.
+
+    Modules are exported in eval mode (their previous mode is restored afterwards); the batch
+    dimension of every input is symbolic (``N``) unless ``options.dynamic_batch`` is False.
+    """
+    torch = require("torch")
+    dynamic = options.dynamic_batch
+    kwargs: dict[str, Any] = {"dynamo": True, "optimize": False, "verbose": False}
+    was_training: bool | None = None
+    if isinstance(obj, torch.export.ExportedProgram):
+        args: tuple[Any, ...] = ()
+        module = obj
+    elif isinstance(obj, torch.nn.Module):
+        args = _trace_args(example_inputs_for(obj, options, where=where), dynamic)
+        module = obj
+        was_training = obj.training
+        obj.eval()
+        if dynamic:
+            batch = torch.export.Dim(BATCH)
+            kwargs["dynamic_shapes"] = tuple({0: batch} if a.ndim >= 1 else None for a in args)
+    else:
+        raise InvalidInputError(f"{where}: expected an nn.Module or ExportedProgram, received {type(obj).__name__}")
+    try:
+        with _quiet():
+            program = torch.onnx.export(module, args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises its own hierarchy
+        raise ConversionError(f"torch.onnx export failed: {_summary(exc)}", framework=FRAMEWORK, path=where) from exc
+    finally:
+        if was_training:
+            obj.train()
+    model = program.model
+    map_provenance(model)
+    proto = ir.serde.serialize_model(model)
+    proto = convert_opset(proto, CANONICAL_OPSET, where=where)
+    model = ir.serde.deserialize_model(proto)
+    if dynamic:
+        _rename_batch_dims(model)
+    set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
+    return model
+
+
+# -------------------------------------------------------------------------------- provenance
+def _literal_list(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else []
+
+
+def _short_class(qualname: str) -> str:
+    return qualname.rsplit(".", 1)[-1]
+
+
+def source_from_scopes(scopes: list[str], classes: list[str]) -> tuple[str, str] | None:
+    """(module path, module class) of the innermost module, or (FX node name, aten op) for ops
+    traced in the root module or outside any module; None without metadata."""
+    if not scopes:
+        return None
+    # the last entry is the FX node (the aten call); the ones before it are module paths
+    modules = [(s, c) for s, c in zip(scopes[:-1], classes[:-1]) if s and not s.startswith(_NO_MODULE)]
+    if modules:
+        path, cls = modules[-1]
+        return path, _short_class(cls)
+    op = classes[-1] if len(classes) == len(scopes) else ""
+    return scopes[-1], op
+
+
+def map_provenance(model: ir.Model) -> None:
+    """Turn the exporter's scope metadata into portanet provenance and drop torch's keys
+    (their stack traces hold local file paths)."""
+    for i, node in enumerate(model.graph.all_nodes()):
+        props = node.metadata_props
+        src = source_from_scopes(_literal_list(props.get(_SCOPES_KEY)), _literal_list(props.get(_CLASSES_KEY)))
+        for key in [k for k in props if k.startswith("pkg.torch.") or k == "namespace"]:
+            del props[key]
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+        if src is None:
+            src = (node.name, node.op_type)
+        props[SOURCE_KEY], props[SOURCE_TYPE_KEY] = src
+
+
+def _rename_batch_dims(model: ir.Model) -> None:
+    """Name the inputs' symbolic batch dimension ``N`` everywhere (torch calls it s0, s31, ...)."""
+    names = set()
+    for v in model.graph.inputs:
+        if v.shape is not None and len(v.shape) and not isinstance(v.shape[0], int):
+            sym = getattr(v.shape[0], "value", None)
+            if sym and sym != BATCH:
+                names.add(sym)
+    if not names:
+        return
+
+    def fix(v: ir.Value | None) -> None:
+        if v is None or v.shape is None:
+            return
+        dims = list(v.shape)
+        if any(not isinstance(d, int) and getattr(d, "value", None) in names for d in dims):
+            v.shape = ir.Shape(
+                [ir.SymbolicDim(BATCH) if not isinstance(d, int) and getattr(d, "value", None) in names else d
+                 for d in dims]
+            )
+
+    for v in model.graph.inputs:
+        fix(v)
+    for v in model.graph.outputs:
+        fix(v)
+    for node in model.graph.all_nodes():
+        for v in node.outputs:
+            fix(v)
