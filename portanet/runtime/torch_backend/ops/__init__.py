@@ -1,0 +1,1 @@
+"""Lowering functions, one module per op family; each registers into ``registry``."""

@@ -1,0 +1,149 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from portanet.runtime.torch_backend.ops._pads import pad_spatial, same_pads, symmetric
+from portanet.runtime.torch_backend.ops._util import attr, output_used
+from portanet.runtime.torch_backend.registry import register
+
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _resolve_pads(x, kernel, strides, dilations, pads, auto_pad):
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return same_pads(list(x.shape[2:]), kernel, strides, dilations, auto_pad)
+    return pads
+
+
+def _ceil_extra(x, kernel, strides, dilations, pads) -> list[int]:
+    """Extra end padding giving ONNX's ceil-mode output size
+    ``ceil((in + pads - ((k-1)*d + 1)) / s) + 1``, where a last window starting beyond the
+    input and its begin padding is dropped (as torch and ONNX's reference do)."""
+    n = len(kernel)
+    extra = []
+    for i in range(n):
+        size = x.shape[2 + i] + pads[i] + pads[i + n]
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        out = math.ceil((size - eff) / strides[i]) + 1
+        if (out - 1) * strides[i] >= x.shape[2 + i] + pads[i]:
+            out -= 1
+        extra.append(max((out - 1) * strides[i] + eff - size, 0))
+    return extra
+
+
+def max_pool(
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+    ceil_mode: bool, auto_pad: str,
+) -> torch.Tensor:
+    n = len(kernel)
+    pads = _resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    if symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)):
+        return _MAX[n](x, kernel, strides, pads[:n], dilations, ceil_mode)
+    if ceil_mode:
+        pads = pads[:n] + [e + c for e, c in zip(pads[n:], _ceil_extra(x, kernel, strides, dilations, pads))]
+    return _MAX[n](pad_spatial(x, pads, float("-inf")), kernel, strides, 0, dilations, False)
+
+
+def max_pool_with_indices(
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+    ceil_mode: bool, storage_order: int,
+):
+    """MaxPool and its Indices output: ONNX flattens indices over the whole (N, C, *S)
+    tensor (row-major, or column-major over H, W with ``storage_order=1``); torch's are per
+    (n, c) plane."""
+    n = len(kernel)
+    y, idx = _MAX[n](x, kernel, strides, pads[:n], dilations, ceil_mode, return_indices=True)
+    spatial = x.shape[2:]
+    plane = math.prod(spatial)
+    if storage_order and n == 2:
+        h, w = idx // spatial[1], idx % spatial[1]
+        idx = h + w * spatial[0]
+    nc = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1], *[1] * n)
+    return y, idx + nc * plane
+
+
+def _pool_attrs(node, n):
+    kernel = list(attr(node, "kernel_shape"))
+    strides = list(attr(node, "strides", [1] * n))
+    dilations = list(attr(node, "dilations", [1] * n))
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    pads = [0] * (2 * n) if auto_pad == "VALID" else list(attr(node, "pads", [0] * (2 * n)))
+    return kernel, strides, dilations, auto_pad, pads, bool(attr(node, "ceil_mode", 0))
+
+
+@register("MaxPool")
+def _max_pool(ctx, node, x):
+    n = len(attr(node, "kernel_shape"))
+    kernel, strides, dilations, auto_pad, pads, ceil_mode = _pool_attrs(node, n)
+    if output_used(node, 1):
+        if auto_pad not in ("NOTSET", "VALID") or not symmetric(pads):
+            raise ValueError("MaxPool Indices output is supported with symmetric explicit pads only")
+        out = ctx.call(
+            max_pool_with_indices, x, kernel, strides, pads, dilations, ceil_mode, int(attr(node, "storage_order", 0))
+        )
+        return ctx.unpack(out, 2)
+    if auto_pad == "NOTSET" and symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)):
+        return ctx.call(_MAX[n], x, kernel, strides, pads[:n], dilations, ceil_mode)
+    return ctx.call(max_pool, x, kernel, strides, pads, dilations, ceil_mode, auto_pad)
+
+
+def avg_pool(
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], ceil_mode: bool,
+    count_include_pad: bool, auto_pad: str,
+) -> torch.Tensor:
+    n = len(kernel)
+    ones = [1] * n
+    pads = _resolve_pads(x, kernel, strides, ones, pads, auto_pad)
+    if symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)):
+        return _AVG[n](x, kernel, strides, pads[:n], ceil_mode, count_include_pad)
+    if ceil_mode:
+        extra = _ceil_extra(x, kernel, strides, ones, pads)
+    else:
+        extra = [0] * n
+    xp = pad_spatial(x, pads)
+    # windows reaching into the ceil-mode overhang never count it; pads count when asked
+    total = pad_spatial(xp, [0] * n + extra)
+    s = _AVG[n](total, kernel, strides, 0, False, True)
+    if count_include_pad:
+        region = torch.ones((1, 1, *xp.shape[2:]), dtype=x.dtype, device=x.device)
+    else:
+        region = pad_spatial(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device), pads)
+    count = _AVG[n](pad_spatial(region, [0] * n + extra), kernel, strides, 0, False, True)
+    return s / count
+
+
+@register("AveragePool")
+def _avg_pool(ctx, node, x):
+    n = len(attr(node, "kernel_shape"))
+    kernel, strides, dilations, auto_pad, pads, ceil_mode = _pool_attrs(node, n)
+    if any(d != 1 for d in dilations):
+        raise ValueError(f"AveragePool with dilations {dilations} is not supported by the torch backend")
+    cip = bool(attr(node, "count_include_pad", 0))
+    if auto_pad == "NOTSET" and symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)) and not ceil_mode:
+        return ctx.call(_AVG[n], x, kernel, strides, pads[:n], False, cip)
+    return ctx.call(avg_pool, x, kernel, strides, pads, ceil_mode, cip, auto_pad)
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    # (N, C, *S) -> (N, C, 1, ..., 1)
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def global_max_pool(x: torch.Tensor) -> torch.Tensor:
+    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register("GlobalAveragePool")
+def _gap(ctx, node, x):
+    return ctx.call(global_avg_pool, x)
+
+
+@register("GlobalMaxPool")
+def _gmp(ctx, node, x):
+    return ctx.call(global_max_pool, x)
