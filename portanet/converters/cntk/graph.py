@@ -1,0 +1,245 @@
+"""Reconstructing a CNTK v2 function graph from a decoded model dictionary.
+
+A saved ``CompositeFunction`` lists its variables (``inputs``: Input, Parameter, Constant,
+Placeholder) and its primitive functions (topologically sorted). Output variables are not
+stored: output ``i`` of function ``F`` is named ``F_Output_i``. Blocks (``cntk.layers``
+Dense/Convolution/...) store their inner primitives flat in the same list; a Block maps each
+inner Placeholder to an outer variable, and its output is its inner root's output. This
+module resolves those indirections so that every primitive function's inputs name a real
+variable or another primitive's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from portanet.converters.cntk.reader import NDShape
+from portanet.errors import ConversionError, InvalidModelError
+
+FRAMEWORK = "cntk"
+
+#: CNTK's PrimitiveOpType numbers (append-only in CNTK, so stable across versions)
+OP_NAMES: dict[int, str] = {
+    0: "Negate", 1: "Sigmoid", 2: "Tanh", 3: "ReLU", 4: "Exp", 5: "Log", 6: "Sqrt", 7: "Floor",
+    8: "Abs", 9: "Reciprocal", 10: "Softmax", 11: "Hardmax", 12: "TransposeAxes", 13: "Where",
+    14: "Slice", 15: "Dropout", 16: "Reshape", 17: "Pooling", 18: "SumAll", 19: "Plus", 20: "Minus",
+    21: "ElementTimes", 22: "Equal", 23: "NotEqual", 24: "Less", 25: "LessEqual", 26: "Greater",
+    27: "GreaterEqual", 28: "PackedIndex", 29: "GatherPacked", 30: "ScatterPacked", 31: "Times",
+    32: "TransposeTimes", 33: "Convolution", 34: "SquaredError", 35: "CrossEntropyWithSoftmax",
+    36: "ClassificationError", 37: "PastValue", 38: "FutureValue", 39: "ReduceElements",
+    40: "BatchNormalization", 41: "Clip", 42: "Select", 43: "Splice", 44: "Combine",
+    45: "RandomSample", 46: "RandomSampleInclusionFrequency", 47: "ROIPooling", 48: "Logistic",
+    49: "OptimizedRNNStack", 50: "ReconcileDynamicAxis", 51: "LogSoftmax", 52: "LogPlus",
+    53: "CosDistance", 54: "Sin", 55: "Cos", 56: "Pass", 57: "Block", 58: "Unpooling",
+    59: "LambdaRank", 60: "NDCG", 61: "EditDistanceError", 62: "NoOp", 63: "LabelsToGraph",
+    64: "StopGradient", 65: "ELU", 66: "ForwardBackward", 67: "CosDistanceWithNegativeSamples",
+    68: "OneHot", 69: "Pow", 70: "ToSequence", 71: "ToSequenceLike", 72: "UnpackSequence",
+    73: "Assign", 74: "Gather", 75: "StableSigmoid", 76: "RandomDistribution", 77: "Sinh",
+    78: "Cosh", 79: "UnpackBatch", 80: "ToBatch", 81: "Asin", 82: "Acos", 83: "Pad", 84: "Crop",
+    85: "Atanh", 86: "Asinh", 87: "TopK", 88: "Squeeze", 89: "ConstantOp",
+    90: "LatticeSequenceWithSoftmax", 91: "Cast", 92: "EyeLikeOp", 93: "CustomProxyOp",
+    94: "StraightThrough", 95: "Tan", 96: "Atan",
+}
+OP_NUMBERS = {v: k for k, v in OP_NAMES.items()}
+
+# VariableKind
+INPUT, OUTPUT, PARAMETER, CONSTANT, PLACEHOLDER = 0, 1, 2, 3, 4
+_KIND_NAMES = {INPUT: "Input", OUTPUT: "Output", PARAMETER: "Parameter", CONSTANT: "Constant",
+               PLACEHOLDER: "Placeholder"}
+
+
+@dataclass
+class Variable:
+    """A CNTK variable. ``shape`` is the *sample* shape in NumPy order (CNTK's reversed);
+    ``dynamic`` is True when it has dynamic (batch/sequence) axes."""
+
+    uid: str
+    kind: int
+    name: str
+    shape: tuple[int, ...]
+    dynamic: bool
+    value: np.ndarray | None = None
+
+    @property
+    def kind_name(self) -> str:
+        return _KIND_NAMES.get(self.kind, str(self.kind))
+
+
+@dataclass
+class Function:
+    """A CNTK primitive function, inputs already resolved through Blocks and aliases."""
+
+    uid: str
+    op: int
+    name: str
+    inputs: list[str]
+    attributes: dict[str, Any]
+    version: int = 0
+    block_name: str = ""
+
+    @property
+    def op_name(self) -> str:
+        return OP_NAMES.get(self.op, f"op{self.op}")
+
+    @property
+    def output(self) -> str:
+        return f"{self.uid}_Output_0"
+
+
+@dataclass
+class CntkGraph:
+    """The resolved graph: variables, primitives in topological order, graph outputs."""
+
+    variables: dict[str, Variable]
+    functions: list[Function]
+    outputs: list[str]
+    #: output uid -> display name (the producing function's name, where it has one)
+    output_names: dict[str, str] = field(default_factory=dict)
+
+
+def _variable(d: dict[str, Any], where: str) -> Variable:
+    if not isinstance(d, dict) or "uid" not in d:
+        raise InvalidModelError(f"{where}: corrupt CNTK model: a variable entry has no uid")
+    shape = d.get("shape")
+    if not isinstance(shape, NDShape):
+        raise InvalidModelError(f"{where}: corrupt CNTK model: variable '{d['uid']}' has no shape")
+    dims = shape.numpy()
+    kind = int(d.get("kind", 0))
+    if kind == INPUT and any(x is None for x in dims):
+        raise InvalidModelError(
+            f"{where}: CNTK input '{d.get('name') or d['uid']}' has a free/inferred dimension {list(shape.dims)}; "
+            "expected a fully specified sample shape"
+        )
+    value = d.get("value")
+    if value is not None:
+        value = np.asarray(value)
+        dims = value.shape
+    return Variable(
+        uid=str(d["uid"]),
+        kind=kind,
+        name=str(d.get("name", "") or ""),
+        shape=tuple(int(x) if x is not None else -1 for x in dims),
+        dynamic=bool(d.get("dynamic_axis")),
+        value=value,
+    )
+
+
+def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
+    """Resolve a decoded model dictionary (see ``reader.read_model``) into a ``CntkGraph``."""
+    variables = {v.uid: v for v in (_variable(d, where) for d in model["inputs"])}
+    raw: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for d in model["primitive_functions"]:
+        if not isinstance(d, dict) or "uid" not in d:
+            raise InvalidModelError(f"{where}: corrupt CNTK model: a primitive function entry has no uid")
+        uid = str(d["uid"])
+        op = int(d.get("op", 0))
+        if op not in OP_NAMES:
+            raise ConversionError(
+                f"op number {op} is not a CNTK PrimitiveOpType (known: 0-{max(OP_NAMES)}); "
+                "the file is corrupt or from an unknown CNTK version",
+                framework=FRAMEWORK, layer=uid, layer_type=f"op {op}", path=where,
+            )
+        raw[uid] = d
+        order.append(uid)
+
+    # alias: a name that stands for another (placeholder -> outer variable, block/combine
+    # output -> inner output)
+    alias: dict[str, str] = {}
+    block_of: dict[str, str] = {}
+    for uid in order:
+        d = raw[uid]
+        op = int(d.get("op", 0))
+        ins = [str(x) for x in d.get("inputs", [])]
+        if op == OP_NUMBERS["Block"]:
+            comp = d.get("block_function_composite") or {}
+            root = comp.get("root")
+            keys = d.get("block_function_composite_arguments_map_keys") or []
+            vals = d.get("block_function_composite_arguments_map_values") or []
+            if not root or len(keys) != len(vals):
+                raise InvalidModelError(f"{where}: corrupt CNTK Block '{uid}': missing composite root or argument map")
+            for k, v in zip(keys, vals):
+                alias[str(k)] = str(v)
+            alias[f"{uid}_Output_0"] = f"{root}_Output_0"
+            block_of[str(root)] = str(d.get("name") or uid)
+        elif op == OP_NUMBERS["Combine"]:
+            for i, x in enumerate(ins):
+                alias[f"{uid}_Output_{i}"] = x
+
+    def resolve(name: str) -> str:
+        seen = set()
+        while name in alias:
+            if name in seen:
+                raise InvalidModelError(f"{where}: corrupt CNTK model: cyclic reference through '{name}'")
+            seen.add(name)
+            name = alias[name]
+        return name
+
+    producers = {f"{uid}_Output_0": uid for uid in order}
+    root = str(model["root"])
+    if root not in raw:
+        raise InvalidModelError(f"{where}: corrupt CNTK model: root function '{root}' is not in the model")
+    root_op = int(raw[root].get("op", 0))
+    if root_op == OP_NUMBERS["Combine"]:
+        outs = [resolve(str(x)) for x in raw[root].get("inputs", [])]
+    else:
+        outs = [resolve(f"{root}_Output_0")]
+
+    functions: dict[str, Function] = {}
+    for uid in order:
+        d = raw[uid]
+        op = int(d.get("op", 0))
+        if op in (OP_NUMBERS["Block"], OP_NUMBERS["Combine"]):
+            continue
+        functions[uid] = Function(
+            uid=uid,
+            op=op,
+            name=str(d.get("name", "") or ""),
+            inputs=[resolve(str(x)) for x in d.get("inputs", [])],
+            attributes=d.get("attributes") or {},
+            version=int(d.get("version", 0)),
+            block_name=block_of.get(uid, ""),
+        )
+
+    # keep what the outputs need, in dependency order (iterative DFS: deep nets are fine)
+    needed: list[Function] = []
+    state: dict[str, int] = {}
+    for out in outs:
+        stack: list[tuple[str, bool]] = [(out, False)]
+        while stack:
+            name, done = stack.pop()
+            if name in variables:
+                if variables[name].kind == PLACEHOLDER:
+                    raise InvalidModelError(f"{where}: CNTK placeholder '{name}' is not bound to any variable")
+                continue
+            fuid = producers.get(name)
+            if fuid is None or fuid not in functions:
+                raise InvalidModelError(f"{where}: corrupt CNTK model: '{name}' is neither a variable nor a function output")
+            if done:
+                if state.get(fuid) != 2:
+                    state[fuid] = 2
+                    needed.append(functions[fuid])
+                continue
+            if state.get(fuid) == 2:
+                continue
+            if state.get(fuid) == 1:
+                raise InvalidModelError(
+                    f"{where}: CNTK function '{fuid}' is part of a cycle (recurrent loops are not supported)"
+                )
+            state[fuid] = 1
+            stack.append((name, True))
+            for x in reversed(functions[fuid].inputs):
+                stack.append((x, False))
+
+    names = {}
+    for out in outs:
+        fuid = producers.get(out)
+        f = functions.get(fuid) if fuid else None
+        label = (f.name or f.block_name) if f else ""
+        if not label and fuid in raw:
+            label = ""
+        names[out] = label or out
+    return CntkGraph(variables=variables, functions=needed, outputs=outs, output_names=names)

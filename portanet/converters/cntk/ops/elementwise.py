@@ -1,0 +1,98 @@
+"""Elementwise CNTK ops: unary math/activations, binary arithmetic with CNTK broadcasting, Clip,
+and the identities (Pass, NoOp, StopGradient, Dropout at inference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from portanet.converters.cntk.context import HANDLERS, Ctx, T, attr
+from portanet.converters.cntk.graph import Function
+from portanet.errors import ConversionError
+
+#: CNTK unary op -> ONNX op (one-line table entries)
+UNARY = {
+    "Negate": "Neg", "Sigmoid": "Sigmoid", "StableSigmoid": "Sigmoid", "Tanh": "Tanh", "ReLU": "Relu",
+    "Exp": "Exp", "Log": "Log", "Sqrt": "Sqrt", "Abs": "Abs", "Reciprocal": "Reciprocal", "Floor": "Floor",
+    "Sin": "Sin", "Cos": "Cos",
+}
+#: CNTK binary op -> ONNX op
+BINARY = {"Plus": "Add", "Minus": "Sub", "ElementTimes": "Mul"}
+
+
+def _unary(onnx_op: str):
+    def handler(ctx: Ctx, f: Function, ins: list[T]) -> T:
+        (x,) = ins[:1]
+        return T(ctx.op(f, onnx_op, [x.value], final=True), x.shape, x.batched)
+
+    return handler
+
+
+for _cntk, _onnx in UNARY.items():
+    HANDLERS.register(_cntk)(_unary(_onnx))
+
+
+def align(ctx: Ctx, f: Function, a: T, b: T) -> tuple[T, T]:
+    """CNTK broadcasting aligns the *leading* CNTK axes = the *trailing* NumPy axes, which is
+    NumPy broadcasting on the sample; when both operands carry the batch axis, the lower-rank
+    sample gets unit axes after the batch axis so the batch axes line up."""
+    if a.batched and b.batched and a.rank != b.rank:
+        lo, hi = (a, b) if a.rank < b.rank else (b, a)
+        extra = hi.rank - lo.rank
+        lo2 = ctx.reshape(f, lo, (1,) * extra + lo.shape)
+        return (lo2, hi) if lo is a else (hi, lo2)
+    return a, b
+
+
+def broadcast_shape(f: Function, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(a, b))
+    except ValueError as exc:
+        raise ConversionError(f"operand shapes {list(a)} and {list(b)} (NumPy order) do not broadcast") from exc
+
+
+def _binary(onnx_op: str):
+    def handler(ctx: Ctx, f: Function, ins: list[T]) -> T:
+        if len(ins) != 2:
+            raise ConversionError(f"expected 2 inputs, received {len(ins)}")
+        a, b = align(ctx, f, ins[0], ins[1])
+        shape = broadcast_shape(f, a.shape, b.shape)
+        return T(ctx.op(f, onnx_op, [a.value, b.value], final=True), shape, a.batched or b.batched)
+
+    return handler
+
+
+for _cntk, _onnx in BINARY.items():
+    HANDLERS.register(_cntk)(_binary(_onnx))
+
+
+@HANDLERS.register("ELU")
+def elu(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    x = ins[0]
+    alpha = float(attr(f, "alpha", 1.0))
+    return T(ctx.op(f, "Elu", [x.value], {"alpha": alpha}, final=True), x.shape, x.batched)
+
+
+@HANDLERS.register("Clip")
+def clip(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """Clip(x, min, max): min/max are tensors in CNTK (usually scalar Constants)."""
+    if len(ins) != 3:
+        raise ConversionError(f"expected 3 inputs (x, min, max), received {len(ins)}")
+    x, lo, hi = ins
+    if lo.array is not None and hi.array is not None and lo.array.size == 1 and hi.array.size == 1:
+        lo_v = ctx.const(np.float32(lo.array.reshape(())))
+        hi_v = ctx.const(np.float32(hi.array.reshape(())))
+        return T(ctx.op(f, "Clip", [x.value, lo_v, hi_v], final=True), x.shape, x.batched)
+    # tensor bounds: max(min(x, hi), lo) with CNTK broadcasting
+    a, b = align(ctx, f, x, hi)
+    m = T(ctx.op(f, "Min", [a.value, b.value]), broadcast_shape(f, a.shape, b.shape), a.batched or b.batched)
+    a, b = align(ctx, f, m, lo)
+    return T(ctx.op(f, "Max", [a.value, b.value], final=True), broadcast_shape(f, a.shape, b.shape),
+             a.batched or b.batched)
+
+
+@HANDLERS.register("Pass", "NoOp", "StopGradient", "Dropout")
+def identity(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """No computation at inference: the output is the input tensor itself (no node)."""
+    if not ins:
+        raise ConversionError("expected 1 input, received none")
+    return ins[0]
