@@ -1,0 +1,142 @@
+"""Builders of the Keras reference models.
+
+* ``case_study_cnn``: the case-study Sequential CNN (MNIST, 28x28x1 -> 10 classes).
+* ``two_input_shared``: a functional net with two image inputs, layers shared by both
+  branches, and two outputs.
+* keras.applications ResNet50, MobileNetV2, EfficientNetB0, InceptionV3, VGG16 with
+  ``weights=None`` at small input sizes and random BatchNormalization statistics, so that
+  inference exercises every BatchNorm parameter (fresh layers have mean 0 / variance 1).
+
+Everything is seeded: the same call builds the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_zoo.common import cache_dir
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _keras() -> Any:
+    import keras
+
+    return keras
+
+
+def randomize_batchnorm(model: Any, seed: int = 0) -> Any:
+    """Give every BatchNormalization layer (nested models included) random statistics and affine terms."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+
+    def layers(m: Any):
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+            else:
+                yield layer
+
+    for layer in layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.1, c).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(0.0, 0.1, c).astype(np.float32))
+    return model
+
+
+def case_study_cnn(seed: int = 0) -> Any:
+    """The case-study CNN: Sequential Conv-Pool-Conv-Pool-Flatten-Dense on 28x28x1 digits."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(2, name="pool1"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dropout(0.5, name="dropout"),
+            layers.Dense(128, activation="relu", name="fc1"),
+            layers.Dense(10, activation="softmax", name="probs"),
+        ],
+        name="case_study_cnn",
+    )
+    return model
+
+
+def two_input_shared(seed: int = 0) -> Any:
+    """Two 16x16x3 inputs through one shared conv tower; concatenated head and a difference head."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    a = keras.Input((16, 16, 3), name="left")
+    b = keras.Input((16, 16, 3), name="right")
+    conv = layers.Conv2D(8, 3, padding="same", name="shared_conv")
+    bn = layers.BatchNormalization(name="shared_bn")
+    act = layers.Activation("swish", name="shared_act")
+    pool = layers.GlobalAveragePooling2D(name="shared_gap")
+    fa = pool(act(bn(conv(a))))
+    fb = pool(act(bn(conv(b))))
+    joined = layers.Concatenate(name="joined")([fa, fb])
+    head = layers.Dense(6, activation="tanh", name="head")(joined)
+    diff = layers.Subtract(name="diff")([fa, fb])
+    sim = layers.Dot(axes=1, normalize=True, name="similarity")([fa, fb])
+    model = keras.Model([a, b], [head, diff, sim], name="two_input_shared")
+    return randomize_batchnorm(model, seed)
+
+
+def _application(name: str, shape: tuple[int, int, int]) -> Callable[[int], Any]:
+    def build_app(seed: int = 0) -> Any:
+        keras = _keras()
+        keras.utils.set_random_seed(seed)
+        ctor = getattr(keras.applications, name)
+        model = ctor(weights=None, input_shape=shape)
+        return randomize_batchnorm(model, seed)
+
+    build_app.__name__ = name.lower()
+    build_app.__doc__ = f"keras.applications.{name}(weights=None, input_shape={shape}) with random BN statistics."
+    return build_app
+
+
+#: application name -> (builder, input shape); the smallest sizes the architectures allow well
+APPLICATIONS: dict[str, tuple[Callable[[int], Any], tuple[int, int, int]]] = {
+    "resnet50": (_application("ResNet50", (64, 64, 3)), (64, 64, 3)),
+    "mobilenetv2": (_application("MobileNetV2", (96, 96, 3)), (96, 96, 3)),
+    "efficientnetb0": (_application("EfficientNetB0", (64, 64, 3)), (64, 64, 3)),
+    "inceptionv3": (_application("InceptionV3", (75, 75, 3)), (75, 75, 3)),
+    "vgg16": (_application("VGG16", (32, 32, 3)), (32, 32, 3)),
+}
+
+BUILDERS: dict[str, Callable[[int], Any]] = {
+    "case_study_cnn": case_study_cnn,
+    "two_input_shared": two_input_shared,
+    **{k: v[0] for k, v in APPLICATIONS.items()},
+}
+
+
+def build(name: str, seed: int = 0) -> Any:
+    """Build the zoo model ``name`` (a ``keras.Model``)."""
+    return BUILDERS[name](seed)
+
+
+def save_model(name: str, suffix: str = ".keras", seed: int = 0) -> Path:
+    """Build ``name`` and save it as ``<cache>/keras/<name>-s<seed><suffix>`` (reused if present)."""
+    path = cache_dir("keras") / f"{name}-s{seed}{suffix}"
+    if not path.exists():
+        model = build(name, seed)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        model.save(tmp)
+        os.replace(tmp, path)
+    return path
