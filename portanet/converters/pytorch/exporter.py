@@ -173,13 +173,33 @@ def export_to_ir(
             obj.train()
     model = program.model
     map_provenance(model)
+    _fold_constants(model, where)
     proto = ir.serde.serialize_model(model)
     proto = convert_opset(proto, CANONICAL_OPSET, where=where)
     model = ir.serde.deserialize_model(proto)
+    from portanet import __version__
+
+    model.producer_name, model.producer_version = "portanet", __version__
     if dynamic:
         _rename_batch_dims(model)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
     return model
+
+
+def _fold_constants(model: ir.Model, where: str) -> None:
+    """Fold the exporter's shape arithmetic (Shape/Expand/CastLike chains around BatchNorm and
+    Reshape) into constants. Only constant folding: no fusions, so BatchNorm stays a layer of
+    its own (the model remains trainable and every module keeps its nodes)."""
+    try:
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+        from onnxscript.optimizer import fold_constants
+    except ImportError:  # the exporter itself needs onnxscript; keep the unfolded graph otherwise
+        return
+    try:
+        fold_constants(model)
+        RemoveUnusedNodesPass()(model)
+    except Exception as exc:  # noqa: BLE001 - folding is a nicety, the unfolded graph is correct
+        log.debug("%s: constant folding skipped (%s)", where, exc)
 
 
 # -------------------------------------------------------------------------------- provenance
