@@ -128,9 +128,7 @@ def _layer_output(model: Any, xs: list[np.ndarray], name: str) -> Any:
     """The first output of layer ``name`` (searched in nested models too) for inputs ``xs``."""
     import keras
 
-    from portanet.converters.keras.graph import functional_of
-
-    from portanet.converters.keras.graph import iter_nodes
+    from portanet.converters.keras.graph import functional_of, iter_nodes
 
     fn = functional_of(model)
     # a shared layer reports its last call in graph order, like the last IR node of its name
