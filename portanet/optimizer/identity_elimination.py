@@ -1,0 +1,179 @@
+"""Identity, inference-Dropout and no-op elimination.
+
+Removes nodes whose output equals their input: ``Identity``; ``Dropout`` in an inference
+graph (level 2 only: removing it changes what training does); and ops that provably do
+nothing here - ``Cast`` to the same type, ``Reshape``/``Expand``/``Flatten`` to the input's own
+shape, ``Transpose`` with the identity permutation, ``Pad`` with zero pads, a full ``Slice``,
+one-input ``Concat``/``Sum``/``Max``/``Min``/``Mean``, ``Add``/``Sub`` of 0 and ``Mul``/``Div``
+by 1 that do not broadcast the other operand. At level 1 an operand that is a trainable
+parameter (a bias or scale that happens to be 0 or 1) is never removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from portanet.optimizer._util import attr, const_array, int_list_input, replace_value, static_shape
+from portanet.optimizer.base import OptimizerPass, register_pass
+
+#: op type -> rule returning the input the node passes through unchanged (or None)
+NoOpRule = Callable[[ir.Node, "EliminateIdentity"], ir.Value | None]
+RULES: dict[str, NoOpRule] = {}
+
+
+def rule(*ops: str) -> Callable[[NoOpRule], NoOpRule]:
+    def deco(fn: NoOpRule) -> NoOpRule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+
+    return deco
+
+
+def _same_static_shape(a: ir.Value | None, b: ir.Value | None) -> bool:
+    sa, sb = static_shape(a), static_shape(b)
+    return sa is not None and sa == sb
+
+
+@rule("Identity")
+def _identity(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return node.inputs[0]
+
+
+@rule("Dropout")
+def _dropout(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    if p.opt_level < 2:
+        return None  # level 1 keeps the model trainable: Dropout matters in training
+    if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
+        return None  # the mask is used
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        mode = const_array(node.inputs[2])
+        if mode is None or bool(mode):
+            return None  # training_mode may be true at run time
+    return node.inputs[0]
+
+
+@rule("Cast", "CastLike")
+def _cast(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    x = node.inputs[0]
+    if x is not None and x.dtype is not None and x.dtype == node.outputs[0].dtype:
+        return x
+    return None
+
+
+@rule("Expand", "Squeeze", "Unsqueeze")
+def _same_shape(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    x = node.inputs[0]
+    return x if _same_static_shape(x, node.outputs[0]) else None
+
+
+@rule("Flatten")
+def _flatten(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    x = node.inputs[0]
+    if x is not None and x.shape is not None and len(x.shape) == 2 and attr(node, "axis", 1) == 1:
+        return x  # (N, K) -> (N, K) whatever N and K are
+    return _same_shape(node, p)
+
+
+@rule("Reshape")
+def _reshape(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    x = node.inputs[0]
+    target = const_array(node.inputs[1])
+    if (x is not None and x.shape is not None and target is not None and not attr(node, "allowzero", 0)
+            and target.size == len(x.shape) and not np.any(target)):
+        return x  # every dim copied from the input (0 = copy)
+    return _same_shape(node, p)
+
+
+@rule("Transpose")
+def _transpose(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    perm = attr(node, "perm")
+    if perm is not None and perm == sorted(perm):
+        return node.inputs[0]
+    return None
+
+
+@rule("Pad")
+def _pad(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    pads = int_list_input(node, 1)
+    return node.inputs[0] if pads is not None and not any(pads) else None
+
+
+@rule("Slice")
+def _slice(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    x = node.inputs[0]
+    return x if _same_static_shape(x, node.outputs[0]) else None
+
+
+@rule("Concat", "Sum", "Max", "Min", "Mean")
+def _single(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return node.inputs[0] if len(node.inputs) == 1 else None
+
+
+def _neutral(node: ir.Node, p: EliminateIdentity, value: float, positions: tuple[int, ...]) -> ir.Value | None:
+    for i in positions:
+        c = node.inputs[i]
+        other = node.inputs[1 - i]
+        arr = const_array(c)
+        if arr is None or not p.may_rewrite(c) or arr.size == 0 or not np.all(arr == value):
+            continue
+        if other is None or other.dtype is None or other.dtype != node.outputs[0].dtype:
+            continue
+        # a constant of ones-shaped dims no longer than the other operand's rank cannot
+        # broadcast it, so the output has the other operand's shape
+        other_rank = None if other.shape is None else len(other.shape)
+        if _same_static_shape(other, node.outputs[0]) or (
+            other_rank is not None and arr.ndim <= other_rank and all(d == 1 for d in arr.shape)
+        ):
+            return other
+    return None
+
+
+@rule("Add")
+def _add(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return _neutral(node, p, 0.0, (1, 0))
+
+
+@rule("Sub")
+def _sub(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return _neutral(node, p, 0.0, (1,))
+
+
+@rule("Mul")
+def _mul(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return _neutral(node, p, 1.0, (1, 0))
+
+
+@rule("Div")
+def _div(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
+    return _neutral(node, p, 1.0, (1,))
+
+
+@register_pass
+class EliminateIdentity(OptimizerPass):
+    name = "eliminate_identity"
+    level = 1
+    order = 20
+
+    def run(self, graph: ir.Graph) -> bool:
+        modified = False
+        for node in list(graph):
+            fn = RULES.get(node.op_type) if node.domain == "" else None
+            if fn is None or not node.inputs:
+                continue
+            src = fn(node, self)
+            if src is None:
+                continue
+            out = node.outputs[0]
+            if not replace_value(out, src):
+                continue
+            for extra in node.outputs[1:]:
+                if extra.uses() or extra.is_graph_output():
+                    break
+            else:
+                graph.remove(node, safe=True)
+            modified = True
+        return modified

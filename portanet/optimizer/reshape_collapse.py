@@ -1,0 +1,118 @@
+"""Consecutive Transpose / Reshape / Squeeze / Unsqueeze / Flatten collapsed or cancelled.
+
+* ``Transpose(Transpose(x, p1), p2)`` is one Transpose with ``p1[p2[i]]`` (nothing when that is
+  the identity).
+* A chain of data-order-preserving reshapes (Reshape, Squeeze, Unsqueeze, Flatten) is one
+  Reshape from the chain's input to the last output shape.
+* A Reshape whose target is computed at run time (``Shape -> Gather -> Concat``, the PyTorch
+  ``x.view(x.size(0), -1)`` pattern) gets a constant target when the output shape is known
+  up to dims copied from the input: those become ``0`` (ONNX "copy this dim"), at most one
+  other unknown becomes ``-1``. Symbolic batch dims stay symbolic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from portanet.optimizer._util import Namer, add_initializer, attr, const_array, new_node, replace_value
+from portanet.optimizer.base import OptimizerPass, register_pass
+
+RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _sym(d: object) -> str | None:
+    return None if isinstance(d, int) else getattr(d, "value", None)
+
+
+def reshape_target(x: ir.Value, out: ir.Value) -> np.ndarray | None:
+    """A constant Reshape target taking ``x`` to ``out``'s shape, or None if not derivable."""
+    if x.shape is None or out.shape is None:
+        return None
+    target: list[int] = []
+    unknown = 0
+    for i, d in enumerate(out.shape):
+        if isinstance(d, int):
+            if d == 0:
+                return None  # a literal 0 would mean "copy" (allowzero=0)
+            target.append(d)
+        elif _sym(d) is not None and i < len(x.shape) and _sym(x.shape[i]) == _sym(d):
+            target.append(0)
+        else:
+            unknown += 1
+            target.append(-1)
+    if unknown > 1:
+        return None
+    return np.array(target, dtype=np.int64)
+
+
+@register_pass
+class CollapseReshapes(OptimizerPass):
+    name = "collapse_reshapes"
+    level = 1
+    order = 50
+
+    def run(self, graph: ir.Graph) -> bool:
+        namer = Namer(graph)
+        modified = False
+        for node in list(graph):
+            if node.domain != "" or node.graph is not graph:
+                continue
+            if node.op_type == "Transpose":
+                modified |= self._transposes(graph, namer, node)
+            elif node.op_type in RESHAPES:
+                modified |= self._reshapes(graph, namer, node)
+        return modified
+
+    def _transposes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
+        inner = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if inner is None or inner.op_type != "Transpose" or inner.domain != "":
+            return False
+        p1, p2 = attr(inner, "perm"), attr(node, "perm")
+        if p1 is None or p2 is None or len(p1) != len(p2):
+            return False
+        perm = [p1[j] for j in p2]
+        x = inner.inputs[0]
+        if perm == sorted(perm):
+            return replace_value(node.outputs[0], x) and self._drop(graph, node)
+        node.replace_input_with(0, x)
+        node.attributes["perm"] = ir.AttrInt64s("perm", perm)
+        return True
+
+    def _reshapes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
+        x = node.inputs[0]
+        out = node.outputs[0]
+        if x is None:
+            return False
+        inner = x.producer()
+        chain = inner is not None and inner.op_type in RESHAPES and inner.domain == ""
+        src = inner.inputs[0] if chain else x
+        if src is None:
+            return False
+        if not chain and node.op_type != "Reshape":
+            return False
+        if node.op_type == "Reshape" and not chain:
+            # only a computed target is worth rewriting on a lone Reshape
+            if const_array(node.inputs[1]) is not None or attr(node, "allowzero", 0):
+                return False
+        target = reshape_target(src, out)
+        if target is None:
+            return False
+        if node.op_type == "Reshape" and not attr(node, "allowzero", 0):
+            node.replace_input_with(0, src)
+            node.replace_input_with(1, add_initializer(graph, namer, target, f"{node.name or 'reshape'}_shape"))
+            return True
+        reshape = new_node("Reshape", [src, add_initializer(graph, namer, target, f"{node.name or 'reshape'}_shape")],
+                           namer=namer, like=node)
+        reshape.outputs[0].shape, reshape.outputs[0].type = out.shape, out.type
+        graph.insert_before(node, reshape)
+        if not replace_value(out, reshape.outputs[0]):
+            graph.remove(reshape, safe=True)
+            return False
+        return self._drop(graph, node)
+
+    @staticmethod
+    def _drop(graph: ir.Graph, node: ir.Node) -> bool:
+        if not any(o.uses() or o.is_graph_output() for o in node.outputs):
+            graph.remove(node, safe=True)
+        return True
