@@ -1,0 +1,1 @@
+"""CNTK v2 reference models (written without CNTK) with PyTorch twins."""

@@ -1,0 +1,505 @@
+"""CNTK v2 reference models whose weights come from PyTorch, with their PyTorch twins.
+
+Every case returns a ``ZooModel``: the CNTK model file (written by ``writer.CntkWriter``
+under ``cache_dir("cntk")``), the input's NumPy sample shape, and ``torch_forward`` - the same
+computation in PyTorch with the same weights, written from CNTK's documented semantics
+(column-major axes, ConvolveGeometry's auto-padding, whole-sample softmax, ...). PyTorch is
+therefore the reference for every op the CNTK importer lowers.
+
+    from model_zoo.cntk.nets import build
+    m = build("convnet")            # ZooModel(path, input_shape, torch_forward)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_zoo.cntk.writer import ALL_STATIC_AXES, CntkWriter, Int, axis, shape
+from model_zoo.common import cache_dir
+
+
+@dataclass
+class ZooModel:
+    name: str
+    path: Path
+    input_shape: tuple[int, ...]
+    torch_forward: Callable[[Any], Any]
+    #: inputs must be positive (log, sqrt, reciprocal ...)
+    positive: bool = False
+
+
+def cntk_auto_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int, int]:
+    """(out, lower, upper) of one CNTK auto-padded axis (ConvolveGeometry::GetLowerPad/UpperPad):
+    out = ceil(size / stride); the first kernel centre sits ``extra // 2`` cells in."""
+    eff = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    extra = size - ((out - 1) * stride + 1)
+    lo = (eff - 1) // 2 - extra // 2
+    hi = (eff - 1) - (eff - 1) // 2 - (extra - extra // 2)
+    return out, lo, hi
+
+
+def _torch():
+    from portanet._deps import require
+
+    return require("torch")
+
+
+def _t(a: np.ndarray):
+    return _torch().from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _rand(rng: np.random.Generator, *s: int, scale: float = 0.5) -> np.ndarray:
+    return (rng.standard_normal(s) * scale).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- full nets
+def _convnet(w: CntkWriter, rng: np.random.Generator) -> tuple[str, Callable]:
+    """conv 3x3/2 (auto-pad, CNTK's asymmetric pads) -> two conv branches spliced on channels ->
+    non-spatial BatchNorm -> ReLU -> max-pool 3x3/2 auto-padded -> Dense -> Softmax."""
+    torch = _torch()
+    nn, F = torch.nn, torch.nn.functional
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, stride=2)
+            self.branch_a = nn.Conv2d(8, 6, 1)
+            self.branch_b = nn.Conv2d(8, 6, 3)
+            self.dense = nn.Linear(12 * 4 * 4, 10)
+            g = torch.Generator().manual_seed(1)
+            # non-spatial BatchNorm: one statistic per (c, h, w)
+            self.register_buffer("bn_mean", torch.randn(12, 8, 8, generator=g) * 0.2)
+            self.register_buffer("bn_var", torch.rand(12, 8, 8, generator=g) + 0.5)
+            self.bn_scale = nn.Parameter(torch.rand(12, 8, 8, generator=g) + 0.5)
+            self.bn_bias = nn.Parameter(torch.randn(12, 8, 8, generator=g) * 0.1)
+
+        def forward(self, x):
+            _, lo, hi = cntk_auto_pads(16, 3, 2)  # (1, 0): the extra cell is padded at the start
+            x = F.relu(self.conv1(F.pad(x, (lo, hi, lo, hi))))
+            a = self.branch_a(x)
+            _, lo1, hi1 = cntk_auto_pads(8, 3, 1)
+            b = self.branch_b(F.pad(x, (lo1, hi1, lo1, hi1)))
+            x = torch.cat([a, b], dim=1)
+            x = (x - self.bn_mean) / torch.sqrt(self.bn_var + 1e-5) * self.bn_scale + self.bn_bias
+            x = F.relu(x)
+            _, lo2, hi2 = cntk_auto_pads(8, 3, 2)
+            x = F.max_pool2d(F.pad(x, (lo2, hi2, lo2, hi2), value=-math.inf), 3, 2)
+            x = self.dense(x.flatten(1))
+            return F.softmax(x, dim=1)
+
+    net = Net().eval()
+    sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    x = w.input((3, 16, 16), "features")
+
+    def conv_block(inp: str, wname: str, cin: int, k: int, stride: int, relu: bool, name: str) -> str:
+        with w.block("Convolution", [inp], name=name) as blk:
+            W = w.parameter(sd[f"{wname}.weight"], "W")
+            b = w.parameter(sd[f"{wname}.bias"].reshape(-1, 1, 1), "b")
+            y = w.op("Convolution", [W, blk.args[0]], {
+                "autoPadding": [True, True, False], "sharing": [True], "strides": shape(stride, stride, cin),
+                "lowerPad": shape(0), "upperPad": shape(0), "transpose": False, "maxTempMemSizeInSamples": 0,
+                "outputShape": shape(0), "dilation": shape(1, 1, 1), "kernelShape": shape(k, k, cin),
+            })
+            y = w.op("Plus", [y, b])
+            if relu:
+                w.op("ReLU", [y])
+        return blk.output
+
+    h = conv_block(x, "conv1", 3, 3, 2, True, "conv1")
+    a = conv_block(h, "branch_a", 8, 1, 1, False, "branch_a")
+    b = conv_block(h, "branch_b", 8, 3, 1, False, "branch_b")
+    s = w.op("Splice", [a, b], {"axis": axis(-1)})  # Python axis 0 (channels) is stored as Axis(-1)
+    bn = w.op("BatchNormalization", [
+        s, w.parameter(sd["bn_scale"].ravel()), w.parameter(sd["bn_bias"].ravel()),
+        w.constant(sd["bn_mean"].ravel()), w.constant(sd["bn_var"].ravel()), w.constant(np.float32(0)),
+    ], {"spatial": False, "epsilon": 1e-5, "normalizationTimeConstant": 5000.0, "blendTimeConstant": 0.0,
+        "useCuDNNEngine": True, "disableRegularization": False})
+    r = w.op("ReLU", [bn])
+    with w.block("MaxPooling", [r], name="pool") as blk:
+        w.op("Pooling", [blk.args[0]], {"poolingType": 0, "poolingWindowShape": shape(3, 3), "strides": shape(2, 2),
+                                        "autoPadding": [True], "lowerPad": shape(0), "upperPad": shape(0),
+                                        "ceilOutDim": False, "includePad": False})
+    p = blk.output
+    with w.block("Dense", [p], name="dense") as blk:
+        Wd = w.parameter(sd["dense.weight"].T.reshape(12, 4, 4, 10), "W")  # (in..., out)
+        bd = w.parameter(sd["dense.bias"], "b")
+        w.op("Plus", [w.op("Times", [Wd, blk.args[0]], {"outputRank": 1, "inferInputRankToMap": Int(-1)}), bd])
+    y = w.op("Softmax", [blk.output], name="probs")
+
+    def forward(xt):
+        with torch.no_grad():
+            return net(xt)
+
+    return y, forward
+
+
+NETS: dict[str, tuple[tuple[int, ...], Callable]] = {"convnet": ((3, 16, 16), _convnet)}
+
+
+# ------------------------------------------------------------------------- single-op cases
+# Each case: (input sample shape, builder(w, x, rng) -> (output uid, torch function), positive)
+Case = tuple[tuple[int, ...], Callable[[CntkWriter, str, np.random.Generator], tuple[str, Callable]], bool]
+CASES: dict[str, Case] = {}
+
+
+def case(name: str, in_shape: tuple[int, ...], positive: bool = False):
+    def deco(fn):
+        CASES[name] = (in_shape, fn, positive)
+        return fn
+
+    return deco
+
+
+def _unary(cntk_op: str, torch_name: str, positive: bool = False) -> None:
+    @case(f"unary_{cntk_op}", (2, 3, 4), positive)
+    def build(w, x, rng):
+        torch = _torch()
+        fn = {"neg": torch.neg, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "exp": torch.exp,
+              "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "reciprocal": torch.reciprocal,
+              "elu": torch.nn.functional.elu}[torch_name]
+        return w.op(cntk_op, [x]), fn
+
+
+for _c, _tn, _pos in [("Negate", "neg", False), ("Sigmoid", "sigmoid", False), ("StableSigmoid", "sigmoid", False),
+                      ("Tanh", "tanh", False), ("ReLU", "relu", False), ("Exp", "exp", False), ("Log", "log", True),
+                      ("Sqrt", "sqrt", True), ("Abs", "abs", False), ("Reciprocal", "reciprocal", True),
+                      ("ELU", "elu", False)]:
+    _unary(_c, _tn, _pos)
+
+
+@case("binary_plus_bias", (4, 3, 5))
+def _plus_bias(w, x, rng):
+    b = _rand(rng, 4, 1, 1)
+    return w.op("Plus", [x, w.parameter(b)]), lambda t: t + _t(b)
+
+
+@case("binary_minus_times", (4, 3, 5))
+def _minus_times(w, x, rng):
+    a, c = _rand(rng, 3, 5), _rand(rng, 4, 3, 5)
+    y = w.op("ElementTimes", [w.op("Minus", [x, w.parameter(a)]), w.constant(c)])
+    return y, lambda t: (t - _t(a)) * _t(c)
+
+
+@case("binary_batched_ranks", (3, 5))
+def _batched_ranks(w, x, rng):
+    """Two batched operands of different sample ranks: CNTK aligns the leading CNTK axes."""
+    W = _rand(rng, 5, 2, 3, 5)  # in (5,), out (2, 3, 5) in NumPy order
+    y = w.op("Times", [w.parameter(W), x], {"outputRank": 3})  # sample (3, 2, 3, 5)
+    z = w.op("Plus", [y, x])
+
+    def f(t):
+        prod = _torch().einsum("nai,ibcd->nabcd", t, _t(W))
+        # x's CNTK dims [5, 3] align with the product's leading CNTK dims = NumPy's trailing ones
+        return prod + t[:, None, None, :, :]
+
+    return z, f
+
+
+@case("clip", (3, 4))
+def _clip(w, x, rng):
+    return w.op("Clip", [x, w.constant(np.float32(-0.3)), w.constant(np.float32(0.4))]), \
+        lambda t: _torch().clamp(t, -0.3, 0.4)
+
+
+@case("softmax_whole_sample", (3, 4, 5))
+def _softmax(w, x, rng):
+    torch = _torch()
+    return w.op("Softmax", [x]), lambda t: torch.softmax(t.flatten(1), 1).reshape(t.shape)
+
+
+@case("logsoftmax_whole_sample", (2, 6))
+def _logsoftmax(w, x, rng):
+    torch = _torch()
+    return w.op("LogSoftmax", [x]), lambda t: torch.log_softmax(t.flatten(1), 1).reshape(t.shape)
+
+
+@case("times_output_rank2", (3, 4))
+def _times2(w, x, rng):
+    W = _rand(rng, 4, 2, 5)  # in (4,), out (2, 5) in NumPy order
+    y = w.op("Times", [w.parameter(W), x], {"outputRank": 2, "inferInputRankToMap": Int(-1)})
+    return y, lambda t: _torch().einsum("nai,ibc->nabc", t, _t(W))
+
+
+@case("times_multi_in", (3, 4, 2))
+def _times_in(w, x, rng):
+    W = _rand(rng, 3, 4, 2, 6)
+    y = w.op("Times", [w.parameter(W), x], {"outputRank": 1})
+    return y, lambda t: t.flatten(1) @ _t(W.reshape(24, 6))
+
+
+@case("transpose_times", (4,))
+def _ttimes(w, x, rng):
+    W = _rand(rng, 5, 4)  # CNTK [4, 5]: W^T x maps 4 -> 5
+    y = w.op("TransposeTimes", [w.parameter(W), x], {"outputRank": 1})
+    return y, lambda t: t @ _t(W).T
+
+
+def _conv_attrs(k: tuple[int, int], cin: int, stride: int = 1, auto: bool = True, lower=(0,), upper=(0,),
+                dilation: int = 1, groups: int = 1, transpose: bool = False) -> dict[str, Any]:
+    d = {"autoPadding": [auto, auto, False], "sharing": [True], "strides": shape(stride, stride, cin),
+         "lowerPad": shape(*lower), "upperPad": shape(*upper), "transpose": transpose,
+         "maxTempMemSizeInSamples": 0, "outputShape": shape(0), "dilation": shape(dilation, dilation, 1),
+         "kernelShape": shape(k[1], k[0], cin // groups)}
+    if groups != 1:
+        d["groups"] = groups
+    return d
+
+
+def _conv_case(name: str, in_shape, cout: int, k, stride=1, auto=True, lower=(0, 0, 0), upper=(0, 0, 0),
+               dilation=1, groups=1) -> None:
+    cin, H, W_ = in_shape
+
+    @case(name, in_shape)
+    def build(w, x, rng):
+        torch = _torch()
+        F = torch.nn.functional
+        Wt = _rand(rng, cout, cin // groups, *k)
+        y = w.op("Convolution", [w.parameter(Wt), x],
+                 _conv_attrs(k, cin, stride, auto, lower, upper, dilation, groups))
+        if auto:
+            _, lh, hh = cntk_auto_pads(H, k[0], stride, dilation)
+            _, lw, hw = cntk_auto_pads(W_, k[1], stride, dilation)
+        else:  # explicit pads, CNTK order [W, H, C]
+            lw, lh, hw, hh = lower[0], lower[1], upper[0], upper[1]
+
+        def f(t):
+            return F.conv2d(F.pad(t, (lw, hw, lh, hh)), _t(Wt), stride=stride, dilation=dilation, groups=groups)
+
+        return y, f
+
+
+_conv_case("conv_s2_autopad_even", (3, 16, 16), 5, (3, 3), stride=2)
+_conv_case("conv_s2_autopad_odd", (2, 15, 13), 4, (3, 3), stride=2)
+_conv_case("conv_s2_k4_autopad", (2, 12, 10), 3, (4, 4), stride=2)
+_conv_case("conv_5x3_autopad", (2, 9, 8), 3, (5, 3))
+_conv_case("conv_explicit_pads", (2, 8, 8), 3, (3, 3), stride=1, auto=False, lower=(1, 2, 0), upper=(1, 0, 0))
+_conv_case("conv_dilated", (2, 11, 11), 3, (3, 3), dilation=2)
+_conv_case("conv_groups", (4, 8, 8), 6, (3, 3), groups=2)
+
+
+@case("conv_transpose_s2", (4, 5, 6))
+def _deconv(w, x, rng):
+    torch = _torch()
+    Wt = _rand(rng, 4, 3, 3, 3)  # (Cin, Cout, kH, kW)
+    attrs = _conv_attrs((3, 3), 3, 2, True, transpose=True)
+    attrs["strides"] = shape(2, 2, 3)
+    attrs["kernelShape"] = shape(3, 3, 3)
+    y = w.op("Convolution", [w.parameter(Wt), x], attrs)
+
+    def f(t):
+        # CNTK's output (autopad): (in - 1) * stride + 1, the adjoint of its auto-padded conv:
+        # pads (k-1)//2 before, the rest after
+        full = torch.nn.functional.conv_transpose2d(t, _t(Wt), stride=2)  # (in-1)*2 + 3
+        return full[:, :, 1:1 + (5 - 1) * 2 + 1, 1:1 + (6 - 1) * 2 + 1]
+
+    return y, f
+
+
+def _pool_case(name: str, in_shape, ptype: int, window, stride, auto: bool, ceil_out=False, include_pad=False,
+               lower=(0,), upper=(0,)) -> None:
+    C, H, W_ = in_shape
+
+    @case(name, in_shape)
+    def build(w, x, rng):
+        torch = _torch()
+        F = torch.nn.functional
+        y = w.op("Pooling", [x], {"poolingType": ptype, "poolingWindowShape": shape(window[1], window[0]),
+                                  "strides": shape(stride[1], stride[0]), "autoPadding": [auto],
+                                  "lowerPad": shape(*lower), "upperPad": shape(*upper), "ceilOutDim": ceil_out,
+                                  "includePad": include_pad})
+
+        def f(t):
+            pads = []
+            for dim, (size, k, s) in enumerate(((H, window[0], stride[0]), (W_, window[1], stride[1]))):
+                cntk_i = 1 - dim  # CNTK order is (W, H)
+                if auto:
+                    out, lo, hi = cntk_auto_pads(size, k, s)
+                else:
+                    lo = lower[cntk_i] if len(lower) > cntk_i else lower[-1]
+                    hi = upper[cntk_i] if len(upper) > cntk_i else upper[-1]
+                    q = (size + lo + hi - k) / s + 1
+                    out = math.ceil(q) if ceil_out else math.floor(q)
+                hi = max(hi, (out - 1) * s + k - size - lo)
+                pads.append((lo, hi))
+            (lh, hh), (lw, hw) = pads
+            if ptype == 0:
+                return F.max_pool2d(F.pad(t, (lw, hw, lh, hh), value=-math.inf), window, stride)
+            summed = F.avg_pool2d(F.pad(t, (lw, hw, lh, hh)), window, stride) * (window[0] * window[1])
+            if include_pad:
+                return summed / (window[0] * window[1])
+            ones = F.pad(torch.ones(1, 1, H, W_), (lw, hw, lh, hh))
+            count = F.avg_pool2d(ones, window, stride) * (window[0] * window[1])
+            return summed / count
+
+        return y, f
+
+
+_pool_case("maxpool_autopad_s2", (3, 12, 12), 0, (3, 3), (2, 2), True)
+_pool_case("maxpool_ceil", (2, 7, 9), 0, (2, 2), (2, 2), False, ceil_out=True)
+_pool_case("avgpool_plain", (2, 8, 6), 1, (2, 2), (2, 2), False)
+_pool_case("avgpool_autopad_excl", (2, 9, 7), 1, (3, 3), (2, 2), True, include_pad=False)
+_pool_case("avgpool_autopad_incl", (2, 9, 7), 1, (3, 3), (1, 1), True, include_pad=True)
+_pool_case("maxpool_explicit_pads", (2, 6, 6), 0, (3, 3), (1, 1), False, lower=(1, 1), upper=(1, 1))
+
+
+@case("batchnorm_spatial", (4, 5, 6))
+def _bn_spatial(w, x, rng):
+    torch = _torch()
+    s, b, m = _rand(rng, 4), _rand(rng, 4), _rand(rng, 4)
+    v = (rng.random(4) + 0.5).astype(np.float32)
+    y = w.op("BatchNormalization", [x, w.parameter(s), w.parameter(b), w.constant(m), w.constant(v),
+                                    w.constant(np.float32(100))], {"spatial": True, "epsilon": 1e-3})
+    return y, lambda t: torch.nn.functional.batch_norm(t, _t(m), _t(v), _t(s), _t(b), False, 0.0, 1e-3)
+
+
+@case("batchnorm_nonspatial_5in", (3, 4, 5))
+def _bn_nonspatial(w, x, rng):
+    s, b, m = _rand(rng, 60), _rand(rng, 60), _rand(rng, 60)
+    v = (rng.random(60) + 0.5).astype(np.float32)
+    y = w.op("BatchNormalization", [x, w.parameter(s), w.parameter(b), w.constant(m), w.constant(v)],
+             {"spatial": False, "epsilon": 1e-5})
+
+    def f(t):
+        r = (3, 4, 5)
+        return (t - _t(m).reshape(r)) / _torch().sqrt(_t(v).reshape(r) + 1e-5) * _t(s).reshape(r) + _t(b).reshape(r)
+
+    return y, f
+
+
+@case("dropout_pass_noop_stopgradient", (3, 4))
+def _identities(w, x, rng):
+    y = w.op("Dropout", [x], {"dropoutRate": 0.5, "rngSeed": 1, "rngOffset": 0})
+    y = w.op("StopGradient", [w.op("NoOp", [w.op("Pass", [y])])])
+    return w.op("Tanh", [y]), lambda t: _torch().tanh(t)
+
+
+@case("reshape_begin_end", (4, 3, 2))
+def _reshape(w, x, rng):
+    # CNTK dims [2, 3, 4]; replace CNTK axes [0, 2) = [2, 3] by [6] -> [6, 4], NumPy (4, 6)
+    y = w.op("Reshape", [x], {"newShape": shape(6), "beginAxis": axis(0), "endAxis": axis(2)})
+    return y, lambda t: t.reshape(t.shape[0], 4, 6)
+
+
+@case("reshape_inferred", (4, 3, 2))
+def _reshape_inf(w, x, rng):
+    # whole-sample reshape [2, 3, 4] -> [0 (copy 2), inferred, 3] = [2, 4, 3], NumPy (3, 4, 2)
+    y = w.op("Reshape", [x], {"newShape": shape(0, 2**64 - 1, 3)})
+    return y, lambda t: t.reshape(t.shape[0], 3, 4, 2)
+
+
+@case("splice_channels", (3, 4, 5))
+def _splice(w, x, rng):
+    # Python axis 0 (channels) is stored as CNTK Axis(-1): the last CNTK axis of [W, H, C]
+    y = w.op("Splice", [x, w.op("Negate", [x])], {"axis": axis(-1)})
+    return y, lambda t: _torch().cat([t, -t], 1)
+
+
+@case("splice_new_axis", (3, 4))
+def _splice_new(w, x, rng):
+    y = w.op("Splice", [x, w.op("Negate", [x])], {"axis": axis(2)})  # rank 2 -> new CNTK axis 2 (NumPy front)
+    return y, lambda t: _torch().stack([t, -t], 1)
+
+
+@case("slice_single", (5, 6))
+def _slice(w, x, rng):
+    # CNTK axis 0 is NumPy's last: [-4, 0) means from 2 to the end
+    y = w.op("Slice", [x], {"axis": axis(0), "beginIndex": Int(-4), "endIndex": Int(0)})
+    return y, lambda t: t[:, :, 2:]
+
+
+@case("slice_vec_strided", (6, 7, 4))
+def _slice_vec(w, x, rng):
+    y = w.op("Slice", [x], {"axisVec": [axis(2), axis(1)], "beginIndexVec": [Int(1), Int(0)],
+                            "endIndexVec": [Int(5), Int(7)], "sliceStridesVec": [Int(2), Int(3)]})
+    return y, lambda t: t[:, 1:5:2, 0:7:3, :]
+
+
+@case("transpose_swap", (2, 3, 4))
+def _transpose(w, x, rng):
+    y = w.op("TransposeAxes", [x], {"axis1": axis(0), "axis2": axis(2)})  # CNTK W <-> C
+    return y, lambda t: t.permute(0, 3, 2, 1)
+
+
+@case("transpose_perm", (2, 3, 4))
+def _transpose_perm(w, x, rng):
+    # output CNTK axis i takes input CNTK axis perm[i]; perm [1, 2, 0]: out dims [3, 2, 4] -> NumPy (4, 2, 3)
+    y = w.op("TransposeAxes", [x], {"axisVec": [axis(1), axis(2), axis(0)]})
+    return y, lambda t: t.permute(0, 3, 1, 2)
+
+
+def _reduce_case(name: str, op: str, axes, keep: bool, torch_fn) -> None:
+    @case(name, (3, 4, 5))
+    def build(w, x, rng):
+        attrs = {"reductionOpName": op, "reductionKeepDimensions": keep}
+        if isinstance(axes, list):
+            attrs["axisVec"] = axes
+            attrs["axis"] = axes[0]
+        else:
+            attrs["axis"] = axes
+        return w.op("ReduceElements", [x], attrs), torch_fn
+
+
+_reduce_case("reduce_sum_keep", "Sum", axis(0), True, lambda t: t.sum(3, keepdim=True))
+_reduce_case("reduce_mean_vec", "Mean", [axis(0), axis(1)], False, lambda t: t.mean((2, 3)))
+_reduce_case("reduce_max_all", "Max", ALL_STATIC_AXES, True, lambda t: t.amax((1, 2, 3), keepdim=True))
+_reduce_case("reduce_logsum", "LogSum", axis(2), True, lambda t: t.logsumexp(1, keepdim=True))
+_reduce_case("reduce_argmax", "Argmax", axis(1), True, lambda t: t.argmax(2, keepdim=True).float())
+
+
+@case("pad_constant", (2, 3, 4))
+def _pad(w, x, rng):
+    y = w.op("Pad", [x], {"paddingHead": shape(1, 0, 2), "paddingFoot": shape(2, 1, 0), "paddingMode": 0,
+                          "paddingConstantValue": 0.5})
+    return y, lambda t: _torch().nn.functional.pad(t, (1, 2, 0, 1, 2, 0), value=0.5)
+
+
+@case("pad_reflect", (2, 5, 6))
+def _pad_reflect(w, x, rng):
+    y = w.op("Pad", [x], {"paddingHead": shape(2, 1, 0), "paddingFoot": shape(1, 2, 0), "paddingMode": 1,
+                          "paddingConstantValue": 0.0})
+    return y, lambda t: _torch().nn.functional.pad(t, (2, 1, 1, 2), mode="reflect")
+
+
+@case("squeeze_all", (1, 4, 1, 3))
+def _squeeze(w, x, rng):
+    return w.op("Squeeze", [x]), lambda t: t.reshape(t.shape[0], 4, 3)
+
+
+@case("squeeze_axis", (1, 4, 1, 3))
+def _squeeze_axis(w, x, rng):
+    return w.op("Squeeze", [x], {"axisVec": [axis(1)]}), lambda t: t.reshape(t.shape[0], 1, 4, 3)
+
+
+# ------------------------------------------------------------------------------- building
+def build(name: str, *, large: bool = False, directory: Path | None = None) -> ZooModel:
+    """Write zoo model ``name`` (a net or a single-op case) and return it with its PyTorch twin."""
+    out_dir = directory or cache_dir("cntk")
+    w = CntkWriter()
+    rng = np.random.default_rng(_seed(name))
+    if name in NETS:
+        in_shape, fn = NETS[name]
+        y, forward = fn(w, rng)
+        positive = False
+    else:
+        in_shape, fn, positive = CASES[name]
+        x = w.input(in_shape)
+        y, forward = fn(w, x, rng)
+    path = out_dir / f"{name}{'-large' if large else ''}.model"
+    w.save(path, y, large=large, name=name)
+    return ZooModel(name, path, tuple(in_shape), forward, positive)
+
+
+def _seed(name: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2**31)
+
+
+def all_names() -> list[str]:
+    return [*NETS, *CASES]
