@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -99,24 +100,46 @@ ACTIVATIONS["gelu"] = lambda ctx, x, axis: gelu(ctx, x, approximate=False)
 ACTIVATIONS["gelu_approximate"] = lambda ctx, x, axis: gelu(ctx, x, approximate=True)
 
 
+#: keyword arguments of partially applied activations -> the lowering that honours them
+_PARTIALS: dict[tuple[str, str], Callable[[Any], Lowering]] = {
+    ("gelu", "approximate"): lambda v: ACTIVATIONS["gelu_approximate" if v else "gelu"],
+    ("elu", "alpha"): lambda v: lambda ctx, x, axis: ctx.op("Elu", [x], {"alpha": float(v)}),
+    ("leaky_relu", "negative_slope"): lambda v: lambda ctx, x, axis: ctx.op("LeakyRelu", [x], {"alpha": float(v)}),
+}
+
+
 def activation_name(fn: Any) -> str:
     """The registered name of a Keras activation function (or string)."""
     if fn is None:
         return "linear"
     if isinstance(fn, str):
         return fn
-    name = getattr(fn, "__name__", type(fn).__name__)
-    return name
+    if isinstance(fn, functools.partial):
+        return activation_name(fn.func)
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _lowering(fn: Any) -> Lowering:
+    name = activation_name(fn)
+    if name not in ACTIVATIONS:
+        raise ConversionError(f"activation '{name}' is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
+    if isinstance(fn, functools.partial):
+        if fn.args:
+            raise ConversionError(f"activation '{name}' with positional arguments is not supported")
+        lower = ACTIVATIONS[name]
+        for key, value in fn.keywords.items():
+            if (name, key) not in _PARTIALS:
+                raise ConversionError(f"activation '{name}' with argument {key}={value!r} is not supported")
+            lower = _PARTIALS[(name, key)](value)
+        return lower
+    return ACTIVATIONS[name]
 
 
 def apply(ctx: KerasContext, fn: Any, x: ir.Value, axis: int = -1) -> ir.Value:
     """Apply the Keras activation ``fn`` to ``x``; ``axis`` is softmax's axis in the IR."""
-    name = activation_name(fn)
-    if name == "linear":
+    if activation_name(fn) == "linear":
         return x
-    if name not in ACTIVATIONS:
-        raise ConversionError(f"activation '{name}' is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
-    return ACTIVATIONS[name](ctx, x, axis)
+    return _lowering(fn)(ctx, x, axis)
 
 
 def apply_to_output(ctx: KerasContext, fn: Any, x: ir.Value, perm: layout.Perm) -> ir.Value:

@@ -47,6 +47,8 @@ def permute(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
 def _pairs(padding: Any, n: int) -> list[tuple[int, int]]:
     if isinstance(padding, int):
         return [(padding, padding)] * n
+    if n == 1 and len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        return [(int(padding[0]), int(padding[1]))]  # 1-D: one (begin, end) pair
     out = []
     for p in padding:
         out.append((int(p), int(p)) if isinstance(p, int) else (int(p[0]), int(p[1])))
