@@ -54,7 +54,7 @@ class Converter:
         self.params_path = params_path
         #: (node index, output index) -> IR value
         self.values: dict[tuple[int, int], ir.Value] = {}
-        self._vars: dict[int, ir.Value] = {}
+        self._vars: dict[str, ir.Value] = {}
         self._dims_cache: dict[str, Dims | None] = {}
         self._dims_nodes = -1
         self._dtype_cache: dict[str, np.dtype] = {}
@@ -67,8 +67,9 @@ class Converter:
                  aux: bool = False) -> ir.Value:
         """The IR value of variable ``node``: an initializer if it is in the params file,
         else (for data positions) a graph input."""
-        if node.index in self._vars:
-            return self._vars[node.index]
+        # variables are identified by name: a file may hold several nodes of one variable
+        if node.name in self._vars:
+            return self._vars[node.name]
         if node.name in self.params:
             value = self.b.initializer(node.name, self.params[node.name])
             self.used_params.add(node.name)
@@ -81,7 +82,7 @@ class Converter:
             )
         else:
             value = self.b.add_input(node.name, self._input_shape(node, consumer))
-        self._vars[node.index] = value
+        self._vars[node.name] = value
         return value
 
     def _input_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str] | None:

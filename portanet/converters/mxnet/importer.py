@@ -28,6 +28,23 @@ log = logging.getLogger(__name__)
 _PARAMS_RE = re.compile(r"^(?P<prefix>.*)-(?P<epoch>\d{4,})\.params$")
 
 
+#: ops whose visible outputs have their own names in MXNet (``<node>_<name>``)
+_OUTPUT_NAMES = {
+    "LeakyReLU": ("output", "mask"),
+    "BatchNorm": ("output", "mean", "var"),
+}
+
+
+def output_suffixes(op: str, count: int) -> list[str]:
+    """MXNet's names of an op's visible outputs: ``output`` for one, ``output0``... for several."""
+    if count == 1:
+        return ["output"]
+    named = _OUTPUT_NAMES.get(op)
+    if named is not None and len(named) >= count:
+        return list(named[:count])
+    return [f"output{i}" for i in range(count)]
+
+
 def symbol_prefix(symbol_path: Path) -> str:
     """'/m/resnet-symbol.json' -> '/m/resnet' (the checkpoint prefix)."""
     name = symbol_path.name
@@ -148,8 +165,8 @@ def convert_checkpoint(
             result = HANDLERS.call(node.op, node.name, ctx, path=where)
             outs = list(result) if isinstance(result, list | tuple) else [result]
             created = {o for nd in builder.nodes[start:] for o in nd.outputs}
-            for i, value in enumerate(outs):
-                wanted = f"{node.name}_output" if len(outs) == 1 else f"{node.name}_output{i}"
+            for i, (value, suffix) in enumerate(zip(outs, output_suffixes(node.op, len(outs)))):
+                wanted = f"{node.name}_{suffix}"
                 if value not in created:  # an input passed through: give the layer its own value
                     value = builder.op("Identity", [value], outputs=[wanted])
                 else:

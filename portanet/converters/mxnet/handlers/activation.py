@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx_ir as ir
 
 from portanet.converters.mxnet.context import NodeCtx
@@ -35,7 +36,7 @@ def _gelu(n: NodeCtx, x: ir.Value) -> ir.Value:
 
 
 @HANDLERS.register("LeakyReLU")
-def leaky_relu(n: NodeCtx) -> ir.Value:
+def leaky_relu(n: NodeCtx) -> ir.Value | list[ir.Value]:
     a = n.attrs
     x = n.input(0)
     act = a.str("act_type", "leaky")
@@ -51,7 +52,10 @@ def leaky_relu(n: NodeCtx) -> ir.Value:
     if act == "rrelu":
         # at inference rrelu is leaky with the mean of its slope range
         lower, upper = a.float("lower_bound", 0.125), a.float("upper_bound", 0.334)
-        return n.op("LeakyRelu", [x], {"alpha": (lower + upper) / 2})
+        y = n.op("LeakyRelu", [x], {"alpha": (lower + upper) / 2})
+        # rrelu has a second visible output, the mask, which inference leaves at zero
+        zero = ir.tensor(np.zeros(1, dtype=np.float32))
+        return [y, n.op("ConstantOfShape", [n.conv.shape_value(x)], {"value": zero})]
     if act == "prelu":
         # gamma (C,) or (1,) broadcasts over axis 1: reshape to (C, 1, ..., 1)
         gamma = n.weight(1)
