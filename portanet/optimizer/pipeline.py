@@ -98,6 +98,8 @@ class Pipeline:
                 f"the optimizer needs ONNX opset >= {MIN_OPSET}, the model has opset {opset}; "
                 "load it with portanet.load (which upgrades to opset 18)"
             )
+        # passes read and rewrite weights: bring external-data tensors into memory once
+        ir.external_data.load_to_model(model)
         before = ModelStats.of(model)
         result = OptimizeResult(model, before, before, 0)
         if not self.passes:
@@ -197,6 +199,7 @@ def optimize_with_report(
     """Like :func:`optimize`, returning an :class:`OptimizeResult` with stats and pass records."""
     pipeline = Pipeline(level, passes, check=check, rtol=rtol, atol=atol, feeds=feeds, max_rounds=max_rounds)
     if check:
+        ir.external_data.load_to_model(model)
         # keep an untouched copy to compare a second batch size at the end
         pipeline._original = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     return pipeline.run(model)
