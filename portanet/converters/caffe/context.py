@@ -114,7 +114,7 @@ class Ctx:
     def fconst(self, array: Any) -> ir.Value:
         """A fixed float constant as a ``Constant`` node, so it is never taken for a
         trainable parameter (scales, shifts, divisor maps)."""
-        arr = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+        arr = np.array(array, dtype=np.float32, order="C")  # keeps 0-d scalars 0-d
         key = (arr.tobytes(), arr.shape)
         if key not in self.fcache:
             self.fcache[key] = self.b.op(
