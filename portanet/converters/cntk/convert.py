@@ -12,7 +12,13 @@ import onnx_ir as ir
 from portanet.converters.cntk import ops  # noqa: F401  (registers the handlers)
 from portanet.converters.cntk.context import HANDLERS, Ctx, T
 from portanet.converters.cntk.graph import (
-    CONSTANT, FRAMEWORK, INPUT, PARAMETER, CntkGraph, Variable, build_graph,
+    CONSTANT,
+    FRAMEWORK,
+    INPUT,
+    PARAMETER,
+    CntkGraph,
+    Variable,
+    build_graph,
 )
 from portanet.converters.cntk.reader import read_model
 from portanet.converters.registry import ConvertOptions

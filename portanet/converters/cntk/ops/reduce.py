@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 from portanet.converters.cntk.context import (
-    HANDLERS, Ctx, T, attr, is_all_axes, is_all_static, numpy_axis, static_axis,
+    HANDLERS,
+    Ctx,
+    T,
+    attr,
+    is_all_axes,
+    is_all_static,
+    numpy_axis,
+    static_axis,
 )
 from portanet.converters.cntk.graph import Function
 from portanet.errors import ConversionError

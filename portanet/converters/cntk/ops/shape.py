@@ -11,7 +11,13 @@ import math
 import numpy as np
 
 from portanet.converters.cntk.context import (
-    HANDLERS, Ctx, T, attr, numpy_axis, shape_attr, static_axis,
+    HANDLERS,
+    Ctx,
+    T,
+    attr,
+    numpy_axis,
+    shape_attr,
+    static_axis,
 )
 from portanet.converters.cntk.graph import Function
 from portanet.converters.cntk.reader import Axis

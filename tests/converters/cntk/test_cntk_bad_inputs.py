@@ -1,0 +1,124 @@
+"""Bad CNTK inputs: one-line PortanetErrors naming the file (and the function where known),
+CLI exit status 2 without a traceback, and never a written output file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from model_zoo.cntk.writer import CntkWriter
+from portanet.cli import cli
+from portanet.converters.cntk.reader import read_bytes
+from portanet.converters.registry import convert_paths, detect
+from portanet.errors import ConversionError, InvalidModelError, UnsupportedOpError
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9, 0.999])
+def test_truncated_file(cntk_data: Path, tmp_path: Path, cut: float):
+    data = (cntk_data / "mnist_conv.cmf").read_bytes()
+    p = tmp_path / "trunc.cmf"
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(InvalidModelError) as ei:
+        convert_paths([p], framework="cntk")
+    msg = _one_line(ei.value)
+    assert str(p) in msg and ("truncated" in msg or "not a CNTK v2 model" in msg)
+
+
+def test_truncated_large_file(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((3,))
+    y = w.op("Plus", [x, w.parameter(np.arange(3, dtype=np.float32))])
+    p = w.save(tmp_path / "big.model", y, large=True)
+    p.write_bytes(p.read_bytes()[:-4])
+    with pytest.raises(InvalidModelError, match="truncated CNTK model: tensor data ends"):
+        convert_paths([p], framework="cntk")
+
+
+def test_protobuf_that_is_not_a_cntk_dictionary(tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    p = tmp_path / "model.model"
+    p.write_bytes(onnx.helper.make_model(g).SerializeToString())
+    with pytest.raises(InvalidModelError) as ei:
+        convert_paths([p], framework="cntk")
+    assert "not a CNTK v2 model" in _one_line(ei.value)
+
+
+def test_dictionary_without_composite_function():
+    from model_zoo.cntk.writer import encode
+
+    with pytest.raises(InvalidModelError, match="expected a Dictionary with type 'CompositeFunction', received 'Foo'"):
+        read_bytes(encode({"type": "Foo", "version": 3}), "x.model")
+
+
+def test_v1_brainscript_model(tmp_path: Path):
+    p = tmp_path / "old.dnn"
+    p.write_bytes("BCN\0".encode("utf-16-le") + b"BVersion".ljust(64, b"\0"))
+    assert detect([p]).name == "cntk"
+    with pytest.raises(InvalidModelError) as ei:
+        convert_paths([p])
+    assert _one_line(ei.value) == (
+        f"{p}: CNTK v1 (BrainScript) models are not supported; load and re-save with CNTK 2.x")
+
+
+def test_op_number_outside_the_table(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((3,))
+    y = w.op("ReLU", [w.op("Plus", [x, x])], op_number=999)
+    p = w.save(tmp_path / "weird.model", y)
+    with pytest.raises(ConversionError) as ei:
+        convert_paths([p])
+    msg = _one_line(ei.value)
+    uid = y.rsplit("_Output_", 1)[0]
+    assert f"'{uid}'" in msg and "op number 999" in msg and str(p) in msg
+
+
+def test_unsupported_ops_listed_at_once(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((4,))
+    a = w.op("PastValue", [x, w.constant(np.float32(0))], {"offset": 1})
+    b = w.op("PastValue", [a, w.constant(np.float32(0))], {"offset": 1})
+    c = w.op("OptimizedRNNStack", [b, w.parameter(np.zeros(8, np.float32))], {"hiddenSize": 2})
+    y = w.op("Hardmax", [w.op("ReLU", [c])])
+    p = w.save(tmp_path / "rnn.model", y)
+    with pytest.raises(UnsupportedOpError) as ei:
+        convert_paths([p])
+    err = ei.value
+    assert set(err.unsupported) == {"PastValue", "OptimizedRNNStack", "Hardmax"}
+    assert len(err.unsupported["PastValue"]) == 2
+    assert "4 unsupported layer(s) of 3 type(s)" in _one_line(err)
+
+
+def test_shape_mismatch_names_the_function(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((5,))
+    y = w.op("Times", [w.parameter(np.zeros((4, 3), np.float32)), x], {"outputRank": 1})
+    p = w.save(tmp_path / "bad_times.model", y)
+    with pytest.raises(ConversionError) as ei:
+        convert_paths([p])
+    msg = _one_line(ei.value)
+    uid = y.rsplit("_Output_", 1)[0]
+    assert f"cntk layer '{uid}' (Times)" in msg and "expected" in msg and "received [5]" in msg
+
+
+def test_cli_exit_2_without_traceback_or_output(tmp_path: Path, cntk_data: Path):
+    bad = tmp_path / "bad.cmf"
+    bad.write_bytes((cntk_data / "mnist_conv.cmf").read_bytes()[:1000])
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(bad), "-o", str(out)])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
