@@ -282,8 +282,242 @@ def _load_array(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------ commands of later issues
 # optimize, verify, train and bench register here (each a thin wrapper over the library).
 # --- optimize ---
+@cli.command("optimize")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
+@click.option("-O", "opt_level", type=click.IntRange(0, 2), default=2, show_default=True,
+              help="0 none, 1 clean-up that keeps the model trainable, 2 inference (folds BatchNorm, Dropout).")
+@click.option("--passes", metavar="a,b,...", help="Run exactly these passes (names as in the --check table).")
+@click.option("--check", is_flag=True, help="Run probe inputs through ONNX Runtime around every pass.")
+@click.option("--opset", type=int, help="ONNX opset of the output (13-21; default: the model's).")
+def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | None, check: bool,
+                 opset: int | None) -> None:
+    """Optimize MODEL: fewer nodes and bytes, the same outputs.
+
+    \b
+    Examples:
+      portanet optimize net.onnx -o net.opt.onnx
+      portanet optimize net.onnx -o net.opt.onnx -O1 --check
+      portanet optimize net.onnx -o out.onnx --passes constant_folding,remove_unused
+    """
+    from portanet.ir.io import load_onnx, save_onnx
+    from portanet.optimizer import optimize_with_report
+
+    if opset is not None and not 13 <= opset <= 21:
+        raise InvalidInputError(f"--opset {opset} is outside the supported range 13-21")
+    names = [p.strip() for p in passes.split(",") if p.strip()] if passes else None
+    model = load_onnx(model_path)
+    with console().status("optimizing ..."):
+        result = optimize_with_report(model, level=opt_level, passes=names, check=check)
+    save_onnx(result.model, output, opset=opset)
+    _print_optimize(result, output, check)
+
+
+def _print_optimize(result: Any, output: Path, check: bool) -> None:
+    from rich.table import Table
+
+    con = console()
+    b, a = result.before, result.after
+    table = Table(title=f"{output.name}: {b.nodes} -> {a.nodes} nodes in {result.rounds} round(s)")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("nodes", str(b.nodes), str(a.nodes))
+    table.add_row("initializer bytes", f"{b.initializer_bytes:,}", f"{a.initializer_bytes:,}")
+    for op in sorted(set(b.ops) | set(a.ops)):
+        table.add_row(f"  {op}", str(b.ops.get(op, 0)), str(a.ops.get(op, 0)))
+    con.print(table)
+    if check:
+        passes = Table(title="Passes (ONNX Runtime check on probe inputs)")
+        for col in ("round", "pass", "nodes", "max |change|", "relative"):
+            passes.add_column(col, justify="left" if col == "pass" else "right")
+        for r in result.records:
+            passes.add_row(str(r.round), r.name, f"{r.nodes_before} -> {r.nodes_after}",
+                           f"{r.max_abs_change:.3g}", f"{r.max_rel_change:.3g}")
+        con.print(passes)
+        con.print(f"max output change against the original: {result.total_change:.3g}")
+    con.print(f"[green]wrote[/green] {output}")
+
+
 # --- verify ---
 # --- train ---
+def _float_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise InvalidInputError(f"expected comma-separated numbers, received '{text}'") from exc
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--data", "-d", "data", type=click.Path(path_type=Path),
+              help="IDX directory (MNIST family) or .npz with x/y; default: the embedded MNIST 10k subset.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Trained .onnx to write.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (split over --nproc).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, help="Learning rate (default: sgd 0.01, adam/adamw 0.001).")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, help="Weight decay (default: 0; adamw 0.01).")
+@click.option("--schedule", type=click.Choice(["constant", "step", "exponential", "cosine"]), default="constant",
+              show_default=True, help="Learning-rate schedule, stepped per epoch.")
+@click.option("--step-size", type=int, help="step schedule: epochs between decays (default epochs/3).")
+@click.option("--gamma", type=float, help="step/exponential schedule: decay factor (default 0.1 / 0.9).")
+@click.option("--min-lr", type=float, default=0.0, show_default=True, help="cosine schedule: final rate.")
+@click.option("--loss", type=click.Choice(["auto", "cross_entropy", "mse"]), default="auto", show_default=True)
+@click.option("--train-output", "train_output", help="Model output to train (default: the first).")
+@click.option("--freeze", multiple=True, metavar="PATTERN",
+              help="Keep parameters of matching source layers fixed (glob, repeatable), e.g. 'conv*'.")
+@click.option("--mean", help="Input mean(s), comma-separated (default: computed on the training data).")
+@click.option("--std", help="Input std(s), comma-separated (with --mean).")
+@click.option("--no-normalize", is_flag=True, help="Only scale integer images to [0, 1].")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Held out for evaluation when the data has no test split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Worker processes on this machine (DistributedDataParallel; gloo on CPU, nccl on CUDA).")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
+              help="Checkpoint each epoch here (default: OUTPUT's name + .checkpoints).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --checkpoint-dir.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path), help="JSON log (default: OUTPUT's name + .train.json).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="PNG curves (default: OUTPUT's name + .train.png).")
+@click.option("--opset", type=int, help="ONNX opset of the output (13-21; default 18).")
+def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_size: int, optimizer: str,
+          lr: float | None, momentum: float, weight_decay: float | None, schedule: str, step_size: int | None,
+          gamma: float | None, min_lr: float, loss: str, train_output: str | None, freeze: tuple[str, ...],
+          mean: str | None, std: str | None, no_normalize: bool, val_fraction: float, seed: int, device: str,
+          nproc: int, checkpoint_dir: Path | None, resume: bool, log_path: Path | None, plot_path: Path | None,
+          opset: int | None) -> None:
+    """Fine-tune MODEL (.onnx) on a dataset and write the trained model as ONNX.
+
+    \b
+    Examples:
+      portanet train net.onnx -o trained.onnx                  (embedded MNIST subset)
+      portanet train net.onnx --data fashion-mnist/ -o t.onnx --optimizer adam --epochs 10
+      portanet train net.onnx --data d.npz -o t.onnx --freeze 'conv*' --schedule cosine
+      portanet train net.onnx -o t.onnx --resume               (after an interruption)
+      portanet train net.onnx -o t.onnx --nproc 2              (2 data-parallel workers)
+      torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+          -m portanet.cli train net.onnx -o t.onnx --device cuda
+    """
+    import os
+    from dataclasses import asdict
+
+    from portanet.runtime import distributed
+    from portanet.runtime.trainer import TrainConfig
+
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma, min_lr=min_lr, loss=loss,
+        output=train_output, freeze=list(freeze), seed=seed, device=device, normalize=not no_normalize,
+        mean=_float_list(mean), std=_float_list(std), val_fraction=val_fraction,
+    )
+    config.validate()
+    if opset is not None and not 13 <= opset <= 21:
+        raise InvalidInputError(f"--opset {opset} is outside the supported range 13-21")
+    if not model_path.is_file():
+        raise InvalidInputError(f"{model_path}: no such model file")
+    if not output.resolve().parent.is_dir():
+        raise InvalidInputError(f"{output}: folder {output.resolve().parent} does not exist")
+    stem = output.with_suffix("") if output.suffix == ".onnx" else output
+    spec = {
+        "model": str(model_path), "data": str(data) if data is not None else None, "output": str(output),
+        "config": asdict(config), "checkpoint_dir": str(checkpoint_dir or Path(f"{stem}.checkpoints")),
+        "resume": resume, "log": str(log_path or Path(f"{stem}.train.json")),
+        "plot": str(plot_path or Path(f"{stem}.train.png")), "opset": opset,
+    }
+    if nproc > 1 and not distributed.in_launched_worker():
+        from portanet.runtime.trainer import train_files
+
+        # check every input here, where errors become one line, before starting workers
+        train_files(spec["model"], spec["data"], None, config=TrainConfig(**{**spec["config"], "device": "cpu"}),
+                    dry_run=True)
+        console().print(f"starting {nproc} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
+        result = distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
+    else:
+        result = _train_worker(spec)
+    if "error" in result:
+        raise InvalidInputError(result["error"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_train_summary(result)
+
+
+def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One training process: what `portanet train` runs in-process, under torchrun and per --nproc worker."""
+    import contextlib
+    import os
+
+    from portanet.runtime.trainer import TrainConfig, train_files
+
+    progress = _TrainProgress() if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        with progress if progress is not None else contextlib.nullcontext():
+            return train_files(
+                spec["model"], spec["data"], spec["output"], config=TrainConfig.from_dict(spec["config"]),
+                checkpoint_dir=spec["checkpoint_dir"], resume=spec["resume"], log_path=spec["log"],
+                plot_path=spec["plot"], opset=spec["opset"], callback=progress.update if progress else None,
+            )
+    except PortanetError as exc:
+        if spec.get("launched"):  # a --nproc worker: the parent prints the message
+            return {"error": str(exc)}
+        raise
+
+
+class _TrainProgress:
+    """Rich progress bar fed by Trainer events: loss, accuracy, throughput; a line per epoch."""
+
+    def __enter__(self) -> _TrainProgress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.con = console()
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[rate]} samples/s"),
+            TimeElapsedColumn(), console=self.con, transient=True,
+        )
+        self.progress.__enter__()
+        self.task: Any = None
+        self.epoch = 0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, event: Any) -> None:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        fields = {"epoch": f"{event.epoch}/{event.epochs}", "loss": fmt(event.loss, ".4f"),
+                  "acc": fmt(event.accuracy, ".4f"), "rate": fmt(event.samples_per_s, ",.0f")}
+        if event.kind == "batch":
+            if self.task is None or self.epoch != event.epoch:
+                if self.task is not None:
+                    self.progress.remove_task(self.task)
+                self.task = self.progress.add_task("train", total=event.steps, **fields)
+                self.epoch = event.epoch
+            self.progress.update(self.task, completed=event.step, **fields)
+        elif event.kind == "epoch":
+            m = event.metrics
+            test = f"test loss {m['test_loss']:.4f}" + (
+                f"  test acc {m['test_accuracy']:.4f}" if "test_accuracy" in m else "")
+            self.progress.console.print(
+                f"epoch {fields['epoch']}  train loss {fields['loss']}  acc {fields['acc']}  {test}  "
+                f"lr {event.lr:.3g}  {fields['rate']} samples/s  ({m['seconds']:.1f} s)")
+
+
+def _print_train_summary(result: dict[str, Any]) -> None:
+    con = console()
+    final = result.get("final") or {}
+    if result.get("resumed_from"):
+        con.print(f"resumed from {result['resumed_from']}")
+    if final:
+        acc = f", test accuracy {final['test_accuracy']:.4f}" if "test_accuracy" in final else ""
+        con.print(f"trained {final.get('epoch', 0)} epoch(s) on {result['world_size']} process(es), "
+                  f"{result['device']}: test loss {final['test_loss']:.4f}{acc}")
+    for kind, path in result.get("outputs", {}).items():
+        con.print(f"[green]wrote[/green] {kind} {path}")
+
+
 # --- bench ---
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
