@@ -122,3 +122,12 @@ def test_cli_exit_2_without_traceback_or_output(tmp_path: Path, cntk_data: Path)
     assert res.exit_code == 2
     assert "Traceback" not in res.output
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
+
+
+def test_reference_runner_says_there_is_no_cntk(cntk_data: Path):
+    from portanet.errors import RuntimeBackendError
+    from portanet.parity.reference import runner_for
+
+    runner = runner_for("cntk")
+    with pytest.raises(RuntimeBackendError, match="no CNTK runtime exists for current Python"):
+        runner.run_reference([cntk_data / "mnist_conv.cmf"], {"input": np.zeros((1, 1, 28, 28), np.float32)})
