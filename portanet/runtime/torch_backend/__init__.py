@@ -108,12 +108,22 @@ class TorchBackend(Backend):
         self.device = check_device(device)
         self.module = lower(model, device)
         self.module.eval()
+        self._out_dtypes: dict[str, np.dtype] = {}
+        for v in model.graph.outputs:
+            try:
+                self._out_dtypes[v.name or ""] = np.dtype(v.dtype.numpy()) if v.dtype is not None else None
+            except (TypeError, ValueError):  # dtypes numpy cannot hold (float8, ...)
+                pass
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         args = []
         for name in self.module.input_names:
-            arr = feeds[name]
-            args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(self.device))
+            arr = np.asarray(feeds[name])
+            if arr.dtype in _WIDEN:
+                # torch lacks arithmetic on uint16/32/64: compute in int64, cast back below
+                arr = arr.astype(np.int64)
+            # (np.ascontiguousarray would turn a 0-d array into 1-d)
+            args.append(torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape)).to(self.device))
         try:
             with torch.no_grad():
                 out = self.module(*args)
@@ -121,9 +131,16 @@ class TorchBackend(Backend):
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RuntimeBackendError(f"torch backend failed to run the model: {msg}") from exc
         outs = out if isinstance(out, tuple) else (out,)
-        result = {n: _to_numpy(t) for n, t in zip(self.module.output_names, outs)}
+        result = {}
+        for n, t in zip(self.module.output_names, outs):
+            arr = _to_numpy(t)
+            want = self._out_dtypes.get(n)
+            result[n] = arr.astype(want) if want is not None and arr.dtype != want else arr
         names = list(output_names) if output_names else self.module.output_names
         return {n: result[n] for n in names}
+
+
+_WIDEN = {np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)}
 
 
 def _to_numpy(t: Any) -> np.ndarray:

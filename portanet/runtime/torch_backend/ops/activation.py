@@ -35,9 +35,16 @@ def prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0, x * slope, x)
 
 
+def prelu_channel(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    # opset < 7: a 1-D slope applies per channel (axis 1)
+    if slope.dim() == 1 and x.dim() > 2:
+        slope = slope.reshape(-1, *[1] * (x.dim() - 2))
+    return torch.where(x < 0, x * slope, x)
+
+
 @register("PRelu")
 def _prelu(ctx, node, x, slope):
-    return ctx.call(prelu, x, slope)
+    return ctx.call(prelu_channel if ctx.opset < 7 else prelu, x, slope)
 
 
 @register("Elu")

@@ -111,7 +111,10 @@ def _lrn(ctx, node, x):
 
 class Dropout(nn.Module):
     """Identity in eval; ``F.dropout`` (scaling by 1 / (1 - p)) in train or when the node
-    itself says ``training_mode=True``. Returns (output, mask) when the mask is consumed."""
+    itself says ``training_mode=True``. Returns (output, mask) when the mask is consumed.
+
+    ``ratio`` / ``training_mode`` may also arrive at run time as tensors (ONNX inputs 1, 2).
+    """
 
     def __init__(self, p: float, force_training: bool, with_mask: bool) -> None:
         super().__init__()
@@ -119,14 +122,16 @@ class Dropout(nn.Module):
         self.force_training = force_training
         self.with_mask = with_mask
 
-    def forward(self, x):
-        train = (self.training or self.force_training) and self.p > 0
+    def forward(self, x, ratio=None, training_mode=None):
+        p = float(ratio) if ratio is not None else self.p
+        force = bool(training_mode) if training_mode is not None else self.force_training
+        train = (self.training or force) and p > 0
         if not self.with_mask:
-            return F.dropout(x, self.p, training=True) if train else x
+            return F.dropout(x, p, training=True) if train else x
         if not train:
             return x, torch.ones_like(x, dtype=torch.bool)
-        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
-        return x * keep / (1.0 - self.p), keep
+        keep = torch.rand_like(x, dtype=torch.float32) >= p
+        return x * keep / (1.0 - p), keep
 
     def extra_repr(self) -> str:
         return f"p={self.p}, force_training={self.force_training}"
@@ -135,9 +140,12 @@ class Dropout(nn.Module):
 @register("Dropout", static_inputs=(1, 2))
 def dropout(ctx, node, x, ratio=None, training_mode=None):
     p = float(attr(node, "ratio", 0.5)) if ctx.opset < 12 else 0.5
-    if ratio is not None:
-        p = ctx.floats(ratio, "Dropout ratio")[0]
-    force = bool(ctx.ints(training_mode, "Dropout training_mode")[0]) if training_mode is not None else False
+    if ratio is not None and ctx.const(ratio) is not None:
+        p, ratio = ctx.floats(ratio)[0], None
+    force = False
+    if training_mode is not None and ctx.const(training_mode) is not None:
+        force, training_mode = bool(ctx.ints(training_mode)[0]), None
     with_mask = output_used(node, 1)
-    out = ctx.module(Dropout(p, force, with_mask), x, hint="dropout")
+    args = [x] if ratio is None and training_mode is None else [x, ratio, training_mode]
+    out = ctx.module(Dropout(p, force, with_mask), *args, hint="dropout")
     return ctx.unpack(out, 2) if with_mask else out

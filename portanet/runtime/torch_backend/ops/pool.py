@@ -93,41 +93,49 @@ def _max_pool(ctx, node, x):
     return ctx.call(max_pool, x, kernel, strides, pads, dilations, ceil_mode, auto_pad)
 
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _window_sum(t: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> torch.Tensor:
+    """Sum over every (dilated) pooling window: a ones-kernel convolution per channel."""
+    n, c = t.shape[0], t.shape[1]
+    ones = torch.ones((1, 1, *kernel), dtype=t.dtype, device=t.device)
+    flat = t.reshape(n * c, 1, *t.shape[2:])  # (N*C, 1, *S)
+    out = _CONV[len(kernel)](flat, ones, None, strides, 0, dilations)
+    return out.reshape(n, c, *out.shape[2:])
+
+
 def avg_pool(
-    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], ceil_mode: bool,
-    count_include_pad: bool, auto_pad: str,
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+    ceil_mode: bool, count_include_pad: bool, auto_pad: str,
 ) -> torch.Tensor:
+    """General ONNX AveragePool: window sums divided by the number of counted positions
+    (the input, plus the explicit pads when ``count_include_pad``; never the ceil overhang)."""
     n = len(kernel)
-    ones = [1] * n
-    pads = _resolve_pads(x, kernel, strides, ones, pads, auto_pad)
-    if symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)):
-        return _AVG[n](x, kernel, strides, pads[:n], ceil_mode, count_include_pad)
-    if ceil_mode:
-        extra = _ceil_extra(x, kernel, strides, ones, pads)
-    else:
-        extra = [0] * n
-    xp = pad_spatial(x, pads)
-    # windows reaching into the ceil-mode overhang never count it; pads count when asked
-    total = pad_spatial(xp, [0] * n + extra)
-    s = _AVG[n](total, kernel, strides, 0, False, True)
-    if count_include_pad:
-        region = torch.ones((1, 1, *xp.shape[2:]), dtype=x.dtype, device=x.device)
-    else:
-        region = pad_spatial(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device), pads)
-    count = _AVG[n](pad_spatial(region, [0] * n + extra), kernel, strides, 0, False, True)
-    return s / count
+    pads = _resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    if all(d == 1 for d in dilations) and symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)):
+        if not ceil_mode or not count_include_pad:
+            return _AVG[n](x, kernel, strides, pads[:n], ceil_mode, count_include_pad)
+    extra = _ceil_extra(x, kernel, strides, dilations, pads) if ceil_mode else [0] * n
+    full = pads[:n] + [e + c for e, c in zip(pads[n:], extra)]
+    sums = _window_sum(pad_spatial(x, full), kernel, strides, dilations)
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    region = pad_spatial(ones, pads, 1.0 if count_include_pad else 0.0)
+    count = _window_sum(pad_spatial(region, [0] * n + extra), kernel, strides, dilations)
+    return sums / count
 
 
 @register("AveragePool")
 def _avg_pool(ctx, node, x):
     n = len(attr(node, "kernel_shape"))
     kernel, strides, dilations, auto_pad, pads, ceil_mode = _pool_attrs(node, n)
-    if any(d != 1 for d in dilations):
-        raise ValueError(f"AveragePool with dilations {dilations} is not supported by the torch backend")
     cip = bool(attr(node, "count_include_pad", 0))
-    if auto_pad == "NOTSET" and symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel)) and not ceil_mode:
+    if (
+        auto_pad == "NOTSET" and not ceil_mode and all(d == 1 for d in dilations)
+        and symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel))
+    ):
         return ctx.call(_AVG[n], x, kernel, strides, pads[:n], False, cip)
-    return ctx.call(avg_pool, x, kernel, strides, pads, ceil_mode, cip, auto_pad)
+    return ctx.call(avg_pool, x, kernel, strides, pads, dilations, ceil_mode, cip, auto_pad)
 
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:

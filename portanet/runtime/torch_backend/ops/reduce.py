@@ -83,7 +83,13 @@ def reduce(x: torch.Tensor, axes: Any, keepdims: int, noop_with_empty_axes: int,
         shape = [1 if i in dims else s for i, s in enumerate(x.shape)] if keepdims else [
             s for i, s in enumerate(x.shape) if i not in dims
         ]
-        fill = float("-inf") if kind == "ReduceMax" else float("inf")
+        if x.dtype == torch.bool:
+            fill = kind == "ReduceMin"  # all() of nothing is True, any() is False
+        elif x.is_floating_point():
+            fill = float("-inf") if kind == "ReduceMax" else float("inf")
+        else:
+            info = torch.iinfo(x.dtype)
+            fill = info.min if kind == "ReduceMax" else info.max
         return torch.full(shape, fill, dtype=x.dtype, device=x.device)
     return _REDUCERS[kind](x, dims, bool(keepdims))
 

@@ -30,23 +30,27 @@ def _floats(v: Any) -> list[float] | None:
 def _source_coord(
     o: torch.Tensor, n_in: int, n_out: int, scale: float, mode: str, roi: tuple[float, float]
 ) -> torch.Tensor:
-    """Output positions ``o`` (float64) -> coordinates in the input axis."""
+    """Output positions ``o`` (float64) -> coordinates in the input axis.
+
+    As in ONNX, ``length_resized`` is the unrounded ``scale * n_in`` (``n_out`` is its floor).
+    """
+    length = scale * n_in
     if mode == "half_pixel":
         return (o + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (o + 0.5) / scale - 0.5 if n_out > 1 else torch.zeros_like(o)
+        return (o + 0.5) / scale - 0.5 if length != 1 else torch.full_like(o, -0.5)
     if mode == "align_corners":
-        return o * (n_in - 1) / (n_out - 1) if n_out > 1 else torch.zeros_like(o)
+        return o * (n_in - 1) / (length - 1) if length != 1 else torch.zeros_like(o)
     if mode == "asymmetric":
         return o / scale
     if mode == "half_pixel_symmetric":
-        adjustment = n_out / (scale * n_in)
+        adjustment = n_out / length
         offset = n_in / 2 * (1 - adjustment)
         return offset + (o + 0.5) / scale - 0.5
     if mode == "tf_crop_and_resize":
         start, end = roi
-        if n_out > 1:
-            return start * (n_in - 1) + o * (end - start) * (n_in - 1) / (n_out - 1)
+        if length != 1:
+            return start * (n_in - 1) + o * (end - start) * (n_in - 1) / (length - 1)
         return torch.full_like(o, 0.5 * (start + end) * (n_in - 1))
     raise ValueError(f"unknown coordinate_transformation_mode '{mode}'")
 

@@ -171,7 +171,7 @@ def gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)  # negative indices count from the end
     # out shape: x.shape[:axis] + indices.shape + x.shape[axis+1:]
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))
 
 
 @register("Gather")
