@@ -229,12 +229,35 @@ def sniff(path: Path) -> bool:
         return True
     if len(head) >= 4 and struct.unpack_from("<I", head, 0)[0] == MAGIC:
         return True
-    # a serialized Dictionary starts with version (field 1, varint: 0x08) then a map entry
-    # (field 2, length-delimited: 0x12) whose key is a CNTK dictionary key
+    return _looks_like_dictionary(head)
+
+
+#: keys CNTK writes at the top level of a saved function
+_TOP_KEYS = {b"version", b"type", b"uid", b"root", b"name", b"inputs", b"primitive_functions", b"state"}
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while i < len(buf) and shift < 64:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return -1, i
+
+
+def _looks_like_dictionary(head: bytes) -> bool:
+    """A serialized Dictionary: an optional ``version`` varint (field 1, tag 0x08), then a
+    ``data`` map entry (field 2, tag 0x12) whose key (tag 0x0a) is a CNTK top-level key."""
+    i = 0
     if head[:1] == b"\x08":
-        i = 1
-        while i < len(head) and head[i] & 0x80:
-            i += 1
-        rest = head[i + 1 :]
-        return rest[:1] == b"\x12" and any(k in head for k in (b"version", b"uid", b"type", b"root", b"inputs"))
-    return False
+        _, i = _read_varint(head, 1)
+    if head[i : i + 1] != b"\x12":
+        return False
+    _, i = _read_varint(head, i + 1)
+    if head[i : i + 1] != b"\x0a":
+        return False
+    n, i = _read_varint(head, i + 1)
+    return 0 < n <= 32 and head[i : i + n] in _TOP_KEYS

@@ -91,6 +91,18 @@ def test_detection_by_content_not_suffix(cntk_data: Path, tmp_path: Path):
     assert not sniff(other)
 
 
+def test_other_protobufs_are_not_sniffed_as_cntk(tmp_path: Path):
+    """ONNX also starts with a varint field 1 and a field-2 string; the map-entry key decides."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    p = tmp_path / "m.model"
+    p.write_bytes(helper.make_model(g, producer_name="type").SerializeToString())
+    assert not sniff(p)
+
+
 def test_cli_convert(cntk_data: Path, tmp_path: Path):
     src = tmp_path / "mnist.weird"  # an unusual suffix: detected from content
     shutil.copy(cntk_data / "mnist_conv.cmf", src)
