@@ -20,7 +20,9 @@ from model_zoo.common import cache_dir
 
 HERE = Path(__file__).resolve().parent
 #: zoo nets committed as prototxt files
-ZOO = ("lenet", "lenet_v1", "caffenet", "resnet", "squeezenet", "misc")
+ZOO = ("lenet", "lenet_v1", "caffenet", "resnet", "squeezenet", "misc", "lenet_train_test")
+#: input shapes of zoo nets whose data layers declare none
+ZOO_INPUTS = {"lenet_train_test": {"data": [1, 1, 28, 28]}}
 #: BatchNorm's stored scale factor (Caffe divides the stored sums by it)
 BN_FACTOR = 0.5
 
@@ -102,6 +104,8 @@ def resnet_prototxt(
 
 
 # ------------------------------------------------------------------------- blob shapes
+_NO_SHAPE = {"Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData", "Accuracy", "Silence"}
+
 def _conv_geometry(p: Any) -> tuple[int, int, int, int, int, int, int, int]:
     k = list(p.kernel_size) or [p.kernel_h, p.kernel_w]
     kh, kw = (k[0], k[-1]) if len(k) <= 2 else (k[0], k[1])
@@ -127,6 +131,8 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
     blobs: dict[str, list[list[int]]] = {}
     for layer in net.layer:
         t = layer.type
+        if t in _NO_SHAPE or t.endswith("Loss"):
+            continue  # data layers' tops come from input_shapes; losses produce nothing needed
         ins = [shapes[b] for b in layer.bottom]
         x = ins[0] if ins else None
         outs: list[list[int]]
@@ -285,7 +291,8 @@ def build(name: str, *, seed: int = 0, input_shapes: dict[str, list[int]] | None
     prototxt = prototxt_path(name)
     out = cache_dir("caffe") / f"{name}-s{seed}.caffemodel"
     if not out.exists() or out.stat().st_mtime < prototxt.stat().st_mtime:
-        write_caffemodel(prototxt.read_text(), out, seed=seed, input_shapes=input_shapes)
+        shapes = input_shapes if input_shapes is not None else ZOO_INPUTS.get(name)
+        write_caffemodel(prototxt.read_text(), out, seed=seed, input_shapes=shapes)
     return prototxt, out
 
 
