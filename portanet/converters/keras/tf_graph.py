@@ -17,7 +17,7 @@ import onnx_ir as ir
 from portanet._deps import require
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidModelError
-from portanet.ir.builder import CANONICAL_OPSET, IR_VERSION
+from portanet.ir.builder import BATCH, CANONICAL_OPSET, IR_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,21 @@ def _to_ir(proto: Any, options: ConvertOptions, source_files: list[Any]) -> ir.M
         proto = convert_opset(proto, CANONICAL_OPSET, where="tf2onnx output")
     model = ir.serde.deserialize_model(proto)
     model.ir_version = max(model.ir_version or 0, IR_VERSION)
+    _name_batch_dims(model)
     add_self_provenance(model)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
     return model
+
+
+def _name_batch_dims(model: ir.Model) -> None:
+    """tf2onnx names unknown dims ``unk__<n>``; the leading one of each graph input/output is
+    the batch dimension, which portanet calls ``N``."""
+    for v in [*model.graph.inputs, *model.graph.outputs]:
+        if v.shape is None or len(v.shape) == 0:
+            continue
+        d = v.shape[0]
+        if not isinstance(d, int) and str(getattr(d, "value", "") or "").startswith("unk__"):
+            v.shape = ir.Shape([ir.SymbolicDim(BATCH), *list(v.shape)[1:]])
 
 
 def convert_function(fn: Any, options: ConvertOptions, *, source_files: list[Any] | None = None) -> ir.Model:

@@ -1,0 +1,200 @@
+"""Files and the CLI: `portanet convert model.keras|model.h5|saved_model_dir -o m.onnx`, format
+detection, and bad inputs (one-line errors, exit status 2, no output file written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.converters.keras.conftest import ATOL, RTOL, keras_outputs, random_inputs, to_nchw
+
+keras = pytest.importorskip("keras")
+
+
+def _cli(*args: str):
+    from portanet.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_cli_convert_keras_file(keras_zoo, tmp_path, nchw: bool) -> None:
+    import onnx
+
+    from model_zoo.keras.models import save_model
+    from portanet.runtime.session import Session
+
+    src = save_model("two_input_shared", ".keras")
+    out = tmp_path / "m.onnx"
+    res = _cli("convert", str(src), "-o", str(out), *(["--nchw"] if nchw else []))
+    assert res.exit_code == 0, res.output
+    onnx.checker.check_model(str(out))
+    model = keras_zoo("two_input_shared")
+    xs = random_inputs(model)
+    s = Session(str(out))
+    got = s.run({"left": to_nchw(xs[0]) if nchw else xs[0], "right": to_nchw(xs[1]) if nchw else xs[1]})
+    for name, ref in zip(["head", "diff", "similarity"], keras_outputs(model, xs)):
+        np.testing.assert_allclose(got[name], ref, rtol=RTOL, atol=ATOL)
+
+
+def test_cli_convert_saved_model_dir(keras_zoo, tmp_path) -> None:
+    from portanet.runtime.session import Session
+
+    sm = tmp_path / "sm"
+    model = keras_zoo("case_study_cnn")
+    model.export(str(sm), verbose=False)
+    out = tmp_path / "sm.onnx"
+    res = _cli("convert", str(sm), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    x = random_inputs(model, batch=2)[0]
+    got = Session(str(out)).run({"image": x})["output_0"]
+    np.testing.assert_allclose(got, keras_outputs(model, [x])[0], rtol=RTOL, atol=ATOL)
+
+
+def test_provenance_and_names(keras_zoo) -> None:
+    import portanet
+    from portanet.ir.provenance import nodes_by_source
+
+    model = keras_zoo("case_study_cnn")
+    ir_model = portanet.convert(model)
+    by_src = nodes_by_source(ir_model.graph)
+    types = {n.metadata_props["portanet.source_type"] for nodes in by_src.values() for n in nodes}
+    assert {"conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "probs"} <= set(by_src)
+    assert {"Conv2D", "MaxPooling2D", "Flatten", "Dense"} <= types
+    assert all("portanet.source" in n.metadata_props for n in ir_model.graph)
+    # one Transpose at the image boundary (NHWC -> NCHW) and one before the Flatten
+    assert sum(n.op_type == "Transpose" for n in ir_model.graph) == 2
+    assert [v.name for v in ir_model.graph.inputs] == ["image"]
+    assert [v.name for v in ir_model.graph.outputs] == ["probs"]
+
+
+def _lambda_model():
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((4,), name="x")
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = keras.layers.Dense(3, name="fc")(x)
+    x = keras.layers.Lambda(lambda t: t + 1.0, name="shift")(x)
+    return keras.Model(inp, x)
+
+
+def test_lambda_layers_listed_in_one_error(tmp_path) -> None:
+    import portanet
+    from portanet.errors import UnsupportedOpError
+
+    model = _lambda_model()
+    with pytest.raises(UnsupportedOpError) as info:
+        portanet.convert(model)
+    assert info.value.unsupported == {"Lambda": ["double", "shift"]}
+    assert "Lambda x2 (double, shift)" in str(info.value)
+    path = tmp_path / "lam.keras"
+    model.save(path)
+    out = tmp_path / "lam.onnx"
+    res = _cli("convert", str(path), "-o", str(out))
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "lam.keras" in lines[0] and "Lambda x2 (double, shift)" in lines[0]
+    assert not out.exists()
+
+
+def _assert_bad(path, out, *expected: str) -> None:
+    res = _cli("convert", str(path), "-o", str(out))
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output
+    for e in (str(path), *expected):
+        assert e in lines[0], lines[0]
+    assert not out.exists()
+    assert not list(out.parent.glob(".portanet-*"))
+
+
+def test_keras_file_that_is_not_a_zip(tmp_path) -> None:
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"this is not a zip archive at all")
+    _assert_bad(bad, tmp_path / "m.onnx", "expected a zip file", "b'this'")
+
+
+def test_keras_zip_without_config(tmp_path) -> None:
+    import zipfile
+
+    bad = tmp_path / "model.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("other.txt", "x")
+    _assert_bad(bad, tmp_path / "m.onnx", "no config.json")
+
+
+def test_truncated_h5(tmp_path) -> None:
+    from model_zoo.keras.models import save_model
+
+    good = save_model("case_study_cnn", ".h5").read_bytes()
+    bad = tmp_path / "model.h5"
+    bad.write_bytes(good[: len(good) // 3])
+    _assert_bad(bad, tmp_path / "m.onnx", "cannot")
+
+
+def test_h5_that_is_not_hdf5(tmp_path) -> None:
+    bad = tmp_path / "model.h5"
+    bad.write_bytes(b"\x00" * 64)
+    _assert_bad(bad, tmp_path / "m.onnx", "not an HDF5 file")
+
+
+def test_weights_only_h5(keras_zoo, tmp_path) -> None:
+    path = tmp_path / "w.weights.h5"
+    keras_zoo("case_study_cnn").save_weights(path)
+    _assert_bad(path, tmp_path / "m.onnx", "weights only")
+
+
+def test_empty_file(tmp_path) -> None:
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"")
+    _assert_bad(bad, tmp_path / "m.onnx", "empty file")
+
+
+def test_folder_that_is_not_a_saved_model(tmp_path) -> None:
+    from portanet.converters.keras.importer import KerasImporter
+    from portanet.converters.registry import ConvertOptions
+    from portanet.errors import InvalidModelError
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InvalidModelError, match="not a TensorFlow SavedModel"):
+        KerasImporter().convert([tmp_path / "d"], ConvertOptions())
+
+
+def test_detection(tmp_path) -> None:
+    from model_zoo.keras.models import save_model
+    from portanet.converters.registry import detect
+
+    keras_file = save_model("case_study_cnn", ".keras")
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(keras_file.read_bytes())
+    assert detect([keras_file]).name == "keras"
+    assert detect([renamed]).name == "keras"  # by content: a zip with config.json + weights
+    assert detect([save_model("case_study_cnn", ".h5")]).name == "keras"
+
+
+def test_subclassed_model_is_a_clear_error() -> None:
+    import portanet
+    from portanet.errors import ConversionError
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.fc(x)
+
+    m = Sub()
+    m(np.zeros((1, 3), np.float32))
+    with pytest.raises(ConversionError, match="subclassed"):
+        portanet.convert(m)
+
+
+def test_input_shape_override(keras_zoo) -> None:
+    import portanet
+    from portanet.runtime.session import Session
+
+    model = keras_zoo("case_study_cnn")
+    ir_model = portanet.convert(model, input_shapes={"": [4, 1, 28, 28]}, nchw=True)
+    assert Session(ir_model).inputs[0].shape == (4, 1, 28, 28)
