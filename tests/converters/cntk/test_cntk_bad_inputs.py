@@ -131,3 +131,18 @@ def test_reference_runner_says_there_is_no_cntk(cntk_data: Path):
     runner = runner_for("cntk")
     with pytest.raises(RuntimeBackendError, match="no CNTK runtime exists for current Python"):
         runner.run_reference([cntk_data / "mnist_conv.cmf"], {"input": np.zeros((1, 1, 28, 28), np.float32)})
+
+
+def test_convolution_along_channels_is_refused(tmp_path: Path):
+    """autoPadding on the channel axis with channel stride 1 would slide the kernel over
+    channels in CNTK; that is not an ONNX convolution, so it is refused, not approximated."""
+    from model_zoo.cntk.writer import shape
+
+    w = CntkWriter()
+    x = w.input((4, 6, 6))
+    y = w.op("Convolution", [w.parameter(np.zeros((2, 4, 3, 3), np.float32)), x],
+             {"autoPadding": [True, True, True], "strides": shape(1, 1, 1), "sharing": [True],
+              "lowerPad": shape(0), "upperPad": shape(0), "transpose": False})
+    p = w.save(tmp_path / "chanconv.model", y)
+    with pytest.raises(ConversionError, match="convolution along the channel axis is not supported"):
+        convert_paths([p])

@@ -93,6 +93,14 @@ def convolution(ctx: Ctx, f: Function, ins: list[T]) -> T:
     geo = [dim_geometry(x.shape[rank - 1 - i], kernel_cntk[i], strides[i], dilation[i], autopad[i], lower[i],
                         upper[i], False) for i in range(nsp)]
     _check_pads(geo)
+    if groups == 1:
+        # the kernel spans all channels: CNTK's channel axis must reduce to one position per map
+        ch = dim_geometry(cin, kernel_cntk[-1], strides[-1], 1, autopad[-1], lower[-1], upper[-1], False)
+        if ch.out != 1 or ch.lo or ch.hi:
+            raise ConversionError(
+                f"convolution along the channel axis is not supported: channel stride {strides[-1]}, auto-padding "
+                f"{autopad[-1]} and pads ({lower[-1]}, {upper[-1]}) give {ch.out} positions, expected 1"
+            )
     out_shape = (w.shape[0],) + tuple(g.out for g in reversed(geo))
     attrs = {
         "kernel_shape": list(reversed(kernel_cntk[:nsp])),
