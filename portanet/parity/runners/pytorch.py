@@ -136,3 +136,8 @@ def run_reference(
     Layers that are not submodules (ops traced in the root's forward) are left out."""
     module = load_module(sources, options)
     return run_module(module, feeds, layers=layers, output_names=(options or {}).get("output_names"))
+
+
+def prepare(sources: Any, options: Mapping[str, Any] | None = None) -> Any:
+    """Load the source once; ``run_reference`` then takes the returned module as ``sources``."""
+    return load_module(sources, options)
