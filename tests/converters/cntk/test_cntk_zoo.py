@@ -75,3 +75,12 @@ def test_large_file_layout_converts_identically(convnet: ZooModel, cntk_zoo_dir)
 def test_every_zoo_model_is_listed():
     assert set(NETS) == {"convnet"}
     assert len(CASES) >= 50
+
+
+def test_convnet_on_the_torch_backend(convnet: ZooModel):
+    """The converted CNTK model also runs on the training backend (torch.fx), same numbers."""
+    x = np.random.default_rng(3).standard_normal((2, *convnet.input_shape)).astype(np.float32)
+    s = Session(convert_paths([convnet.path]), backend="torch")
+    got = s.run({"features": x})["probs"]
+    ref = convnet.torch_forward(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
