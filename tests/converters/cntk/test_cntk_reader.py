@@ -135,3 +135,46 @@ def test_sequence_axis_folds_into_batch(tmp_path: Path):
     s = Session(convert_paths([p]))
     xs = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_allclose(next(iter(s.run({"input": xs}).values())), np.tanh(xs), rtol=1e-6)
+
+
+def _run(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    from portanet.converters.registry import convert_paths
+
+    s = Session(convert_paths([path]))
+    return s.run({s.inputs[0].name: x})
+
+
+def test_combine_root_gives_several_outputs(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((3,))
+    a = w.op("ReLU", [x], name="pos")
+    b = w.op("Plus", [x, x], name="double")
+    p = w.save(tmp_path / "two.model", [a, b])
+    xs = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    out = _run(p, xs)
+    assert list(out) == ["pos", "double"]
+    np.testing.assert_array_equal(out["pos"], np.maximum(xs, 0))
+    np.testing.assert_array_equal(out["double"], 2 * xs)
+
+
+def test_nested_blocks_are_flattened(tmp_path: Path):
+    """A Block inside a Block: placeholders resolve through both argument maps."""
+    w = CntkWriter()
+    x = w.input((4,))
+    bias = np.arange(4, dtype=np.float32)
+    with w.block("Outer", [x], name="outer") as outer:
+        with w.block("Inner", [outer.args[0]], name="inner") as inner:
+            w.op("Plus", [inner.args[0], w.parameter(bias)])
+        w.op("ReLU", [inner.output])
+    y = w.op("Negate", [outer.output])
+    p = w.save(tmp_path / "nested.model", y)
+    xs = np.array([[-5.0, -1.5, 0.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(next(iter(_run(p, xs).values())), -np.maximum(xs + bias, 0))
+
+
+def test_output_that_is_the_input(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((2,))
+    p = w.save(tmp_path / "pass.model", w.op("Pass", [x]))
+    xs = np.array([[1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(next(iter(_run(p, xs).values())), xs)
