@@ -40,8 +40,8 @@ def convert_file(path: Path, options: ConvertOptions | None = None) -> ir.Model:
     values = _lower(b, graph, opts, where)
     for out in graph.outputs:
         t = values[out]
-        label = graph.output_names.get(out, out)
-        b.add_output(t.value, name=label if label not in b._value_names or label == t.value.name else None)
+        # the producing function's CNTK name where it has one ("output"), else "<uid>_Output_0"
+        b.add_output(t.value, name=graph.output_names.get(out, out))
     _drop_unused_initializers(b)
     return b.build(source_files=[path], options=opts.as_metadata(),
                    extra_metadata={"portanet.cntk.root": str(model.get("root", ""))})
@@ -69,7 +69,6 @@ def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str) -> 
 def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) -> dict[str, T]:
     ctx = Ctx(b)
     values: dict[str, T] = {}
-    used_names: set[str] = set()
     inputs = [v for v in graph.variables.values() if v.kind == INPUT]
     name_counts: dict[str, int] = {}
     for v in inputs:
@@ -82,7 +81,6 @@ def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) 
         if var.kind == INPUT:
             name = var.name if var.name and name_counts[var.name] == 1 else var.uid
             v = b.add_input(name, _input_shape(var, name, opts, where))
-            used_names.add(name)
             t = T(v, var.shape, var.dynamic)
         elif var.kind in (PARAMETER, CONSTANT):
             if var.value is None:

@@ -239,7 +239,5 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
         fuid = producers.get(out)
         f = functions.get(fuid) if fuid else None
         label = (f.name or f.block_name) if f else ""
-        if not label and fuid in raw:
-            label = ""
         names[out] = label or out
     return CntkGraph(variables=variables, functions=needed, outputs=outs, output_names=names)
