@@ -134,16 +134,20 @@ def _layer_output(model: Any, xs: list[np.ndarray], name: str) -> Any:
     # a shared layer reports its last call in graph order, like the last IR node of its name
     nodes = [n for n in iter_nodes(fn) if n.operation.name == name and not isinstance(n.operation, keras.Model)]
     if nodes and not isinstance(nodes[-1].operation, keras.layers.InputLayer):
-        sub = keras.Model(fn.inputs, nodes[-1].output_tensors[0])
+        sub = keras.Model(_one_or_list(fn.inputs), nodes[-1].output_tensors[0])
         return sub(xs if len(xs) > 1 else xs[0], training=False)
-    for layer in fn.layers:
+    for node in reversed(list(iter_nodes(fn))):  # the nested model's last call, as in the IR walk
+        layer = node.operation
         if isinstance(layer, keras.Model) and _contains(layer, name):
-            node = layer._inbound_nodes[0]
-            feed_model = keras.Model(fn.inputs, list(node.input_tensors))
+            feed_model = keras.Model(_one_or_list(fn.inputs), _one_or_list(list(node.input_tensors)))
             inner = feed_model(xs if len(xs) > 1 else xs[0], training=False)
             inner = [np.asarray(t) for t in (inner if isinstance(inner, list | tuple) else [inner])]
             return _layer_output(layer, inner, name)
     raise InvalidInputError(f"the Keras model has no layer named '{name}'")
+
+
+def _one_or_list(items: list[Any]) -> Any:
+    return items[0] if len(items) == 1 else items
 
 
 def _contains(model: Any, name: str) -> bool:
