@@ -36,12 +36,14 @@ def _flattens_at_1(node: ir.Node, dims: list) -> bool:
     target = const_array(node.inputs[1])
     if target is None or target.shape != (2,):
         return False
-    rest = [d for d in dims[1:]]
+    rest = list(dims[1:])
     if any(not isinstance(d, int) for d in rest):
         return [int(t) for t in target] == [0, -1]
     k = int(np.prod(rest))
-    first_ok = int(target[0]) == 0 or (isinstance(dims[0], int) and int(target[0]) in (dims[0], -1))
-    return first_ok and (int(target[1]) in (-1, k)) and not (int(target[0]) == -1 and int(target[1]) == -1)
+    t0, t1 = int(target[0]), int(target[1])
+    if t1 == k:
+        return t0 in (0, -1) or t0 == dims[0]
+    return t1 == -1 and (t0 == 0 or (isinstance(dims[0], int) and t0 == dims[0]))
 
 
 def _dims(value: ir.Value) -> list | None:

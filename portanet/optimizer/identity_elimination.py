@@ -122,14 +122,18 @@ def _neutral(node: ir.Node, p: EliminateIdentity, value: float, positions: tuple
             continue
         if other is None or other.dtype is None or other.dtype != node.outputs[0].dtype:
             continue
-        # a constant of ones-shaped dims no longer than the other operand's rank cannot
-        # broadcast it, so the output has the other operand's shape
-        other_rank = None if other.shape is None else len(other.shape)
-        if _same_static_shape(other, node.outputs[0]) or (
-            other_rank is not None and arr.ndim <= other_rank and all(d == 1 for d in arr.shape)
-        ):
+        if _same_static_shape(other, node.outputs[0]) or _does_not_broadcast(other, arr.shape):
             return other
     return None
+
+
+def _does_not_broadcast(other: ir.Value, shape: tuple[int, ...]) -> bool:
+    """Whether a constant of ``shape`` leaves ``other``'s shape unchanged when broadcast:
+    no higher rank, and each of its dims is 1 or equal to ``other``'s (known) dim."""
+    if other.shape is None or len(shape) > len(other.shape):
+        return False
+    tail = list(other.shape)[len(other.shape) - len(shape):]
+    return all(c == 1 or (isinstance(o, int) and o == c) for c, o in zip(shape, tail))
 
 
 @rule("Add")

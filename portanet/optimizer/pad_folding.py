@@ -76,7 +76,11 @@ class FoldPad(OptimizerPass):
             if spatial is None or value is None or not self._exact(consumer, x, value):
                 continue
             own = attr(consumer, "pads", [0] * (2 * (r - 2)))
-            set_attr(consumer, "pads", [int(a + b) for a, b in zip(own, spatial)])
+            merged = [int(a + b) for a, b in zip(own, spatial)]
+            kernel = attr(consumer, "kernel_shape", [])
+            if consumer.op_type != "Conv" and any(p >= kernel[i % len(kernel)] for i, p in enumerate(merged)):
+                continue  # pooling pads must stay smaller than the window
+            set_attr(consumer, "pads", merged)
             if consumer.op_type == "AveragePool":
                 set_attr(consumer, "count_include_pad", 1)
             consumer.replace_input_with(0, x)

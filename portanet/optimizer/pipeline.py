@@ -146,12 +146,12 @@ class Pipeline:
             return
         from portanet.optimizer.guard import probe_feeds, run_ort
 
-        feeds = probe_feeds(model, batch=3, seed=1)
-        if all(f.shape == guard.feeds[k].shape for k, f in feeds.items() if k in guard.feeds):
-            return  # no symbolic dims: nothing new to learn
         original = self._original
         if original is None:
             return
+        feeds = probe_feeds(original, batch=3, seed=1)
+        if all(f.shape == guard.feeds[k].shape for k, f in feeds.items() if k in guard.feeds):
+            return  # no symbolic dims: nothing new to learn
         ok, change = guard._within(run_ort(original, feeds), run_ort(model, feeds))
         if not ok:
             raise OptimizerCheckError(

@@ -85,10 +85,10 @@ def _through(node: ir.Node, index: int, perm: list[int]) -> bool:
             return False
         if op == "PRelu" and index != 0:
             return False
-        return all(_operand_ok(v, perm, r) for v in node.inputs)
+        return all(_operand_ok(v, perm, r) for j, v in enumerate(node.inputs) if j != index)
     if op == "Concat":
-        return all(_transposed_perm(v) == perm or (const_array(v) is not None and const_array(v).ndim == r)
-                   for v in node.inputs)
+        return all(j == index or _transposed_perm(v) == perm or (const_array(v) is not None and const_array(v).ndim == r)
+                   for j, v in enumerate(node.inputs))
     if op in AXIS_OPS:
         return True
     if op in REDUCE:
