@@ -122,8 +122,14 @@ class TorchBackend(Backend):
             if arr.dtype in _WIDEN:
                 # torch lacks arithmetic on uint16/32/64: compute in int64, cast back below
                 arr = arr.astype(np.int64)
-            # (np.ascontiguousarray would turn a 0-d array into 1-d)
-            args.append(torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape)).to(self.device))
+            if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16, which torch cannot read
+                args.append(torch.from_numpy(arr.astype(np.float32)).to(self.device, torch.bfloat16))
+                continue
+            # a private, writable, contiguous copy when needed (np.ascontiguousarray would
+            # turn a 0-d array into 1-d)
+            if not (arr.flags.c_contiguous and arr.flags.writeable):
+                arr = np.array(arr, order="C", copy=True)
+            args.append(torch.from_numpy(arr).to(self.device))
         try:
             with torch.no_grad():
                 out = self.module(*args)
@@ -145,5 +151,7 @@ _WIDEN = {np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)}
 
 def _to_numpy(t: Any) -> np.ndarray:
     if isinstance(t, torch.Tensor):
+        if t.dtype == torch.bfloat16:
+            t = t.float()  # cast to the declared bfloat16 numpy type by the caller
         return t.detach().to("cpu").numpy()
     return np.asarray(t)

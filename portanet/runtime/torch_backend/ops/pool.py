@@ -155,3 +155,31 @@ def _gap(ctx, node, x):
 @register("GlobalMaxPool")
 def _gmp(ctx, node, x):
     return ctx.call(global_max_pool, x)
+
+
+def lp_pool(
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+    ceil_mode: bool, p: int, auto_pad: str,
+) -> torch.Tensor:
+    """ONNX LpPool: (sum over the window of |x|^p)^(1/p), pads contribute zeros."""
+    n = len(kernel)
+    pads = _resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    extra = _ceil_extra(x, kernel, strides, dilations, pads) if ceil_mode else [0] * n
+    full = pads[:n] + [e + c for e, c in zip(pads[n:], extra)]
+    return _window_sum(pad_spatial(x.abs().pow(p), full), kernel, strides, dilations).pow(1.0 / p)
+
+
+@register("LpPool")
+def _lp_pool(ctx, node, x):
+    n = len(attr(node, "kernel_shape"))
+    kernel, strides, dilations, auto_pad, pads, ceil_mode = _pool_attrs(node, n)
+    return ctx.call(lp_pool, x, kernel, strides, pads, dilations, ceil_mode, int(attr(node, "p", 2)), auto_pad)
+
+
+def global_lp_pool(x: torch.Tensor, p: int) -> torch.Tensor:
+    return x.abs().pow(p).sum(dim=tuple(range(2, x.dim())), keepdim=True).pow(1.0 / p)
+
+
+@register("GlobalLpPool")
+def _global_lp_pool(ctx, node, x):
+    return ctx.call(global_lp_pool, x, int(attr(node, "p", 2)))

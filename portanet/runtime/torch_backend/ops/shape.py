@@ -336,12 +336,56 @@ def _d2s(ctx, node, x):
     return ctx.call(depth_to_space, x, int(attr(node, "blocksize")), attr(node, "mode", "DCR"))
 
 
-def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
+def space_to_depth(x: torch.Tensor, block: int, mode: str) -> torch.Tensor:
     n, c, h, w = x.shape
-    y = x.reshape(n, c, h // block, block, w // block, block).permute(0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // block, block, w // block, block)
+    # DCR: out channel = (by * b + bx) * C + c; CRD: c * b * b + by * b + bx
+    y = y.permute(0, 3, 5, 1, 2, 4) if mode == "DCR" else y.permute(0, 1, 3, 5, 2, 4)
     return y.reshape(n, c * block * block, h // block, w // block)
 
 
 @register("SpaceToDepth")
 def _s2d(ctx, node, x):
-    return ctx.call(space_to_depth, x, int(attr(node, "blocksize")))
+    return ctx.call(space_to_depth, x, int(attr(node, "blocksize")), attr(node, "mode", "DCR"))
+
+
+# -- TopK / CumSum / Trilu ---------------------------------------------------------------------
+def topk(x: torch.Tensor, k: Any, axis: int, largest: int, sorted_: int) -> tuple[torch.Tensor, torch.Tensor]:
+    kk = _list(k)[0]
+    # a stable sort keeps ONNX's tie rule (the lower index first); torch.topk does not promise it
+    values, indices = torch.sort(x, dim=axis, descending=bool(largest), stable=True)
+    return values.narrow(axis, 0, kk), indices.narrow(axis, 0, kk)
+
+
+@register("TopK")
+def _topk(ctx, node, x, k):
+    out = ctx.call(
+        topk, x, _maybe_list(ctx, k), int(attr(node, "axis", -1)), int(attr(node, "largest", 1)),
+        int(attr(node, "sorted", 1)),
+    )
+    return ctx.unpack(out, 2)
+
+
+def cumsum(x: torch.Tensor, axis: Any, exclusive: int, reverse: int) -> torch.Tensor:
+    a = _list(axis)[0] % x.dim()
+    if reverse:
+        x = torch.flip(x, dims=[a])
+    y = torch.cumsum(x, dim=a)
+    if exclusive:
+        y = y - x
+    return torch.flip(y, dims=[a]) if reverse else y
+
+
+@register("CumSum")
+def _cumsum(ctx, node, x, axis):
+    return ctx.call(cumsum, x, _maybe_list(ctx, axis), int(attr(node, "exclusive", 0)), int(attr(node, "reverse", 0)))
+
+
+def trilu(x: torch.Tensor, k: Any, upper: int) -> torch.Tensor:
+    kk = _list(k)[0] if k is not None else 0
+    return torch.triu(x, kk) if upper else torch.tril(x, kk)
+
+
+@register("Trilu")
+def _trilu(ctx, node, x, k=None):
+    return ctx.call(trilu, x, _maybe_list(ctx, k) if k is not None else None, int(attr(node, "upper", 1)))

@@ -37,7 +37,7 @@ def _op_types(model: onnx.ModelProto) -> set[str]:
 
 
 @lru_cache(maxsize=1)
-def node_cases() -> dict[str, Case]:
+def node_cases(ops: frozenset[str] = TARGET_OPS) -> dict[str, Case]:
     """Every node test case onnx's generators produce whose ops are all in TARGET_OPS."""
     from onnx.backend.test.case.node import collect_testcases
 
@@ -46,7 +46,7 @@ def node_cases() -> dict[str, Case]:
         cases = collect_testcases()
     out: dict[str, Case] = {}
     for c in cases:
-        if c.model is None or not c.data_sets or not _op_types(c.model) <= TARGET_OPS:
+        if c.model is None or not c.data_sets or not _op_types(c.model) <= ops:
             continue
         ins, outs = c.data_sets[0]
         out[c.name] = Case(c.name, c.model, [_arr(a) for a in ins], [_arr(a) for a in outs])
