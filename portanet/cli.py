@@ -339,6 +339,145 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
 
 
 # --- verify ---
+@cli.command("verify")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+              help="An already converted model to check (default: convert SOURCES now).")
+@click.option("--framework", "-f", help="Source format; detected by default.")
+@click.option("--backends", default=None, metavar="ort,torch",
+              help="Backends to compare (default: ort and torch, where they can run the model).")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
+@click.option("--data", type=click.Path(path_type=Path), help="A dataset (IDX folder or .npz): its first test samples.")
+@click.option("--shapes", metavar="1x3x224x224,4x3x224x224",
+              help="Input shapes to run, comma separated (NAME= prefix for multi-input models).")
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--bisect/--no-bisect", "do_bisect", default=None,
+              help="Find the first divergent layer: by default only on failure; --bisect always.")
+@click.option("--repro-dir", type=click.Path(path_type=Path), default=Path("portanet-repro"), show_default=True,
+              help="Where bisection writes the minimal repro (repro.onnx, repro_inputs.npz, repro_expected.npz).")
+@click.option("--train", "train", is_flag=True, help="Also check the loss and every parameter's gradient (PyTorch, Keras).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the verified model with its certificate.")
+@click.option("--no-certificate", is_flag=True, help="Do not write the certificate into --onnx on success.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Conversion: override an input's shape (PyTorch files: the example input).")
+@click.option("--prototxt", type=click.Path(path_type=Path), help="Caffe: the deploy prototxt.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Caffe: the .caffemodel.")
+@click.option("--params", type=click.Path(path_type=Path), help="MXNet: the .params file.")
+@click.option("--epoch", type=int, help="MXNet: checkpoint epoch.")
+@click.option("--model-class", metavar="pkg.module:Factory", help="PyTorch: builds the module for a state dict.")
+@click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!).")
+@click.option("--nchw", is_flag=True, help="Keras/TF: NCHW inputs and outputs.")
+def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | None, backends: str | None,
+           inputs: tuple[str, ...], data: Path | None, shapes: str | None, rtol: float, atol: float, seed: int,
+           do_bisect: bool | None, repro_dir: Path, train: bool, json_path: Path | None, output: Path | None,
+           no_certificate: bool, device: str, input_shapes: tuple[str, ...], prototxt: Path | None,
+           weights: Path | None, params: Path | None, epoch: int | None, model_class: str | None,
+           trust_pickle: bool, nchw: bool) -> None:
+    """Check numeric parity of a conversion with the source framework.
+
+    Runs the source and each backend on the same inputs (seeded random of the declared
+    shapes, --input arrays or --data samples) and prints, per backend and output, the max
+    abs error, the max error relative to the output's scale, cosine similarity, top-1
+    agreement and pass/fail. Exit status 0 all pass, 3 parity failure, 2 bad input.
+
+    \b
+    Examples:
+      portanet verify deploy.prototxt net.caffemodel
+      portanet verify resnet18.pt2 --shapes 1x3x224x224,4x3x224x224 --json report.json
+      portanet verify model.keras --onnx m.onnx --bisect
+      portanet verify lenet.pth --model-class zoo:LeNet5 --input-shape 1x1x32x32 --train
+    """
+    from portanet.ir.io import atomic_write_bytes, load_onnx, save_onnx
+    from portanet.ir.shapes import parse_input_shapes
+    from portanet.parity import verify as run_verify
+
+    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    arrays = {}
+    for spec in inputs:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            name, file = "", spec
+        arrays[name] = _load_array(Path(file))
+    convert_kwargs: dict[str, Any] = dict(
+        input_shapes=parse_input_shapes(input_shapes), prototxt=prototxt, weights=weights, params=params,
+        epoch=epoch, model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,
+    )
+    with console().status("verifying ..."):
+        if onnx_path is not None:
+            model = load_onnx(onnx_path)
+        else:
+            from portanet.converters.registry import ConvertOptions, convert_paths
+
+            model = convert_paths(srcs, ConvertOptions(**convert_kwargs), framework=framework)
+        report = run_verify(
+            *srcs, onnx=model, framework=framework,
+            backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+            inputs=arrays or None, data=data,
+            shapes=[s for s in shapes.split(",") if s.strip()] if shapes else None,
+            rtol=rtol, atol=atol, seed=seed, bisect=do_bisect, repro_dir=repro_dir, train=train, device=device,
+            **convert_kwargs,
+        )
+    _print_verify(report)
+    if json_path is not None:
+        atomic_write_bytes(json_path, report.to_json().encode())
+        console().print(f"[green]wrote[/green] {json_path}")
+    report.raise_on_failure()
+    report.write_certificate(model)
+    target = output or (None if no_certificate else onnx_path)
+    if target is not None:
+        save_onnx(model, target)
+        console().print(f"[green]certificate written[/green] to {target}")
+
+
+def _print_verify(report) -> None:
+    from rich.table import Table
+
+    con = console()
+    table = Table(title=f"parity: {report.framework} source vs portanet (rtol={report.rtol:g}, atol={report.atol:g})")
+    for col in ("backend", "inputs", "output", "max abs err", "max rel err", "cosine", "top-1", "result"):
+        table.add_column(col, justify="right" if col in ("max abs err", "max rel err", "cosine", "top-1") else "left")
+    for r in report.results:
+        s = r.stats
+        table.add_row(r.backend, r.inputs, r.output, f"{s.max_abs:.3g}", f"{s.max_rel:.3g}", f"{s.cosine:.6f}",
+                      "-" if s.top1 is None else f"{s.top1:.0%}",
+                      "[green]pass[/green]" if s.passed else f"[red]FAIL[/red] {s.problem}".strip())
+    con.print(table)
+    for b, why in report.skipped_backends.items():
+        con.print(f"[yellow]skipped backend {b}[/yellow]: {why}")
+    b = report.bisect
+    if b is not None:
+        if b.found:
+            s = b.stats
+            con.print(f"[bold red]first divergent layer[/bold red]: {b.layer} ({b.layer_type}) on {b.backend}, "
+                      f"after {b.compared} of {b.candidates} layers compared; last matching: {b.last_good or '-'}")
+            con.print(f"  max abs err {s.max_abs:.3g}, max rel err {s.max_rel:.3g}, cosine {s.cosine:.6f}")
+            for n in b.nodes:
+                attrs = ", ".join(f"{k}={v}" for k, v in n["attributes"].items())
+                weights = ", ".join(f"{k} {v}" for k, v in n["weights"].items())
+                con.print(f"  {n['op']} {n['node']}" + (f"  [{attrs}]" if attrs else "") + (f"  weights: {weights}" if weights else ""))
+            for kind, path in b.repro.items():
+                con.print(f"  repro {kind}: {path}")
+        else:
+            con.print(f"bisect: no divergent layer among {b.compared} compared layers ({b.candidates} in the model)")
+    g = report.gradients
+    if g is not None:
+        gt = Table(title=f"gradients: loss {g.loss_source:.6g} (source) vs {g.loss_ir:.6g} (portanet torch backend), "
+                         f"{len(g.params)} parameters")
+        for col in ("parameter", "initializer", "max abs err", "max rel err", "cosine", "result"):
+            gt.add_column(col)
+        for name, ir_name, s in g.worst(5):
+            gt.add_row(name, ir_name, f"{s.max_abs:.3g}", f"{s.max_rel:.3g}", f"{s.cosine:.6f}",
+                       "[green]pass[/green]" if s.passed else "[red]FAIL[/red]")
+        con.print(gt)
+        if g.unmatched:
+            con.print(f"[red]source parameters not found in the model[/red]: {', '.join(g.unmatched[:10])}")
+    con.print(("[green]" if report.passed else "[red]") + report.summary() + ("[/green]" if report.passed else "[/red]"))
+
+
 # --- train ---
 def _float_list(text: str | None) -> list[float] | None:
     if text is None:

@@ -97,6 +97,26 @@ def _feed_sets(model: ir.Model, inputs: Mapping[str, Any] | None, data: Any, sha
     return random_feed_sets(model, shapes, seed=seed)
 
 
+def options_from_metadata(model: ir.Model) -> Any:
+    """The conversion options recorded in the model (``portanet.options``): what the reference
+    runner needs to load the source the same way (``model_class``, ``nchw``, ...)."""
+    from portanet.converters.registry import ConvertOptions
+    from portanet.ir.metadata import OPTIONS_KEY, get_json
+
+    stored = get_json(model, OPTIONS_KEY)
+    if not isinstance(stored, dict):
+        return ConvertOptions()
+    fields = ConvertOptions.__dataclass_fields__
+    kw = {k: v for k, v in stored.items() if k in fields and k not in ("example_inputs", "extra")}
+    for k in ("prototxt", "weights", "params"):
+        if isinstance(kw.get(k), str):
+            kw[k] = Path(kw[k])
+    try:
+        return ConvertOptions(**kw)
+    except TypeError:
+        return ConvertOptions()
+
+
 def verify(
     *sources: Any,
     onnx: str | os.PathLike[str] | ir.Model | None = None,
@@ -157,7 +177,7 @@ def verify_model(
     srcs = _flatten_sources(sources if isinstance(sources, list | tuple) else [sources])
     fw = detect_framework(srcs, framework)
     if convert_options is None:
-        convert_options = _convert_options({})
+        convert_options = options_from_metadata(model)
     runner = runner_for(fw)
     output_names = [v.name or "" for v in model.graph.outputs]
     options: dict[str, Any] = {"convert_options": convert_options, "model": model, "nchw": convert_options.nchw,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,7 +61,9 @@ def load_pt2(path: Path) -> Any:
         raise InvalidModelError(f"{path}: not a torch.export .pt2 archive (not a zip file); "
                                 "write one with torch.export.save(torch.export.export(model, args), path)")
     try:
-        return torch.export.load(str(path))
+        with warnings.catch_warnings():  # torch warns about its own deprecated pytree classes
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise InvalidModelError(f"{path}: not a readable torch.export .pt2 archive ({_first_line(exc)})") from exc
 
