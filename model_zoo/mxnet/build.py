@@ -44,26 +44,56 @@ def _save_io(out: Path, name: str, inputs: dict, outputs: dict) -> None:
     np.savez(out / f"{name}-ref.npz", **outputs)
 
 
-def _randomise_bn(net, rng) -> None:
-    """Random gamma/beta/mean/var in every BatchNorm, so a converter that ignores fix_gamma,
-    eps or the moving statistics cannot match by accident."""
+def _bn_blocks(net):
+    from mxnet.gluon import nn
+
+    out = []
+
+    def visit(block):
+        if isinstance(block, nn.BatchNorm):
+            out.append(block)
+        for child in block._children.values():
+            visit(child)
+
+    visit(net)
+    return out
+
+
+def _randomise_bn(net, x: np.ndarray, rng) -> None:
+    """Random gamma/beta and random moving statistics in every BatchNorm, so a converter
+    that ignores fix_gamma, eps or the moving statistics cannot match by accident.
+
+    The moving statistics are each layer's actual input statistics on a calibration
+    batch, perturbed at random (mean + U(-0.2, 0.2) std, var * U(0.5, 1.5)): random, but
+    keeping activations near unit scale through deep nets, so outputs stay O(1) and the
+    comparison measures conversion error rather than float32 round-off of exploding
+    activations. One imperative pass sets them layer by layer: a pre-forward hook of each
+    BatchNorm sees its real input (already normalised by the layers before it)."""
     for pname, p in net.collect_params().items():
-        shape = p.shape
         if pname.endswith("_gamma"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
         elif pname.endswith("_beta"):
-            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, shape)))
-        elif pname.endswith("_running_mean"):
-            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, shape)))
-        elif pname.endswith("_running_var"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
+            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, p.shape)))
+
+    def calibrate(block, inputs):
+        data = inputs[0].asnumpy()
+        axes = tuple(i for i in range(data.ndim) if i != 1)
+        mean, var = data.mean(axis=axes), data.var(axis=axes) + 1e-3
+        block.running_mean.set_data(mx.nd.array(mean + rng.uniform(-0.2, 0.2, mean.shape) * np.sqrt(var)))
+        block.running_var.set_data(mx.nd.array(var * rng.uniform(0.5, 1.5, var.shape)))
+
+    handles = [blk.register_forward_pre_hook(calibrate) for blk in _bn_blocks(net)]
+    net(mx.nd.array(x))
+    for h in handles:
+        h.detach()
 
 
 def _export_gluon(net, name: str, x: np.ndarray, out: Path, rng) -> dict:
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    calib = rng.standard_normal((4, *x.shape[1:])).astype(np.float32)
+    net(mx.nd.array(x[:1]))  # finishes deferred initialisation
+    _randomise_bn(net, calib, rng)
     net.hybridize()
-    net(mx.nd.array(x[:1]))  # shapes and the cached graph
-    _randomise_bn(net, rng)
     y = net(mx.nd.array(x))
     prefix = str(out / name)
     net.export(prefix, epoch=0)
