@@ -170,8 +170,15 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
         elif t == "BatchNorm":
             blobs[layer.name] = [[x[1]], [x[1]], [1]]
             outs = [x]
-        elif t == "Scale":
-            blobs[layer.name] = [[x[1]]] + ([[x[1]]] if layer.scale_param.bias_term else [])
+        elif t in ("Scale", "Bias"):
+            p = layer.scale_param if t == "Scale" else layer.bias_param
+            bias_term = t == "Scale" and layer.scale_param.bias_term
+            if len(ins) == 2:  # bottom 1 is the scale/bias; only a Scale's bias is learned
+                blobs[layer.name] = [ins[1]] if bias_term else []
+            else:
+                axis = p.axis % len(x)
+                shape = x[axis:] if p.num_axes == -1 else x[axis : axis + p.num_axes]
+                blobs[layer.name] = [shape] + ([shape] if bias_term else [])
             outs = [x]
         elif t == "PReLU":
             blobs[layer.name] = [[1] if layer.prelu_param.channel_shared else [x[1]]]
@@ -185,11 +192,13 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
             outs[0][axis] = sum(s[axis] for s in ins)
         elif t == "Slice":
             p = layer.slice_param
-            pts = [0, *p.slice_point, x[p.axis]]
+            axis = p.slice_dim if p.HasField("slice_dim") else p.axis
+            n = len(layer.top)
+            pts = [0, *p.slice_point, x[axis]] if p.slice_point else [i * x[axis] // n for i in range(n + 1)]
             outs = []
             for a, b in zip(pts, pts[1:]):
                 s = list(x)
-                s[p.axis] = b - a
+                s[axis] = b - a
                 outs.append(s)
         elif t == "Crop":
             axis = layer.crop_param.axis
@@ -212,6 +221,8 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
 # --------------------------------------------------------------------------- weights
 def random_blobs(layer_type: str, shapes: list[list[int]], rng: np.random.Generator, fan_in_of: Any) -> list[np.ndarray]:
     """Random weights for one layer, scaled so activations stay O(1)."""
+    if not shapes:
+        return []
     if layer_type in ("Convolution", "Deconvolution", "InnerProduct"):
         w_shape = shapes[0]
         fan_in = fan_in_of(layer_type, w_shape)

@@ -148,7 +148,9 @@ class _Converter:
                 v = b.add_input(spec.name, shape)
             input_names.add(spec.name)
             self.named.add(id(v))
-            self.blobs[spec.name] = Out(v, [d if isinstance(d, int) else 1 for d in shape])
+            # static shapes track the declared batch; symbolic override dims count as 1
+            declared = spec.shape if isinstance(shape[0], str) and shape[0] == BATCH else shape
+            self.blobs[spec.name] = Out(v, [d if isinstance(d, int) else 1 for d in declared])
         last = self._last_writers()
         # reserve every final blob name so that no intermediate node takes it
         for blob in last:
