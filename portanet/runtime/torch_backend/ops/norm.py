@@ -26,6 +26,11 @@ class BatchNorm(nn.Module):
 
     def forward(self, x, scale, bias, mean, var):
         # (N, C, *S): statistics per channel C
+        if not self.training and (mean.requires_grad or var.requires_grad):
+            # statistics computed by the graph itself: the kernel refuses gradients for them
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.epsilon)
+            return y * scale.reshape(shape) + bias.reshape(shape)
         return F.batch_norm(x, mean, var, scale, bias, self.training, self.torch_momentum, self.epsilon)
 
     def extra_repr(self) -> str:
