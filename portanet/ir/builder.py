@@ -118,7 +118,7 @@ class GraphBuilder:
         arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
         if arr.dtype == np.float64 and dtype is None:
             arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d arrays 1-d
         vname = self.unique_value_name(name)
         value = ir.Value(
             name=vname,
