@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 Dims = list[int | str | None]
 
+#: ops whose output has their input's shape (looked through when guessing an input's rank)
+_SHAPE_PRESERVING = {
+    "BatchNorm", "InstanceNorm", "Activation", "LeakyReLU", "Dropout", "_copy", "identity", "BlockGrad",
+    "clip", "Cast", "relu", "sigmoid", "tanh",
+}
+
 #: initializers up to this many elements are given to partial shape inference with their
 #: values (shape vectors, axes, scalars); larger ones as typed placeholders
 _SMALL_CONST = 4096
@@ -99,10 +105,23 @@ class Converter:
         return self._guess_shape(node, consumer)
 
     def _guess_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str] | None:
-        """Rank (and channels) of a data input from its first consumer, when no shape is given:
-        convolution-like ops tell the rank by their kernel, and the channels by the weight."""
-        if consumer is None:
-            return None
+        """Rank (and channels) of a data input, when no shape is given: convolution-like ops
+        tell the rank by their kernel and the channels by their weight; shape-preserving ops
+        in front of them (a BatchNorm on the raw input, scaling) are looked through."""
+        consumers = self.symbol.consumers()
+        seen = 0
+        while consumer is not None and seen < 16:
+            seen += 1
+            guess = self._shape_from_consumer(node, consumer)
+            if guess is not None:
+                return guess
+            if not (consumer.op in _SHAPE_PRESERVING or "scalar" in consumer.op.lower()):
+                return None
+            nxt = consumers.get(consumer.index)
+            consumer = nxt[0][0] if nxt and nxt[0][1] == 0 else None
+        return None
+
+    def _shape_from_consumer(self, node: MxNode, consumer: MxNode) -> list[int | str] | None:
         a = consumer.attrs
         spatial_names = {1: ["W"], 2: ["H", "W"], 3: ["D", "H", "W"]}
         if consumer.op in ("Convolution", "Deconvolution", "Pooling") and not a.bool("global_pool"):
