@@ -95,6 +95,10 @@ def _leaky(**kw):
     return lambda S: S.LeakyReLU(_d(S), name="leaky", **kw)
 
 
+def _l2norm(mode):
+    return lambda S: S.L2Normalization(_d(S), mode=mode, name="l2")
+
+
 def _reshape(**kw):
     return lambda S: S.Reshape(_d(S), name="reshape", **kw)
 
@@ -240,8 +244,7 @@ CASES: list[Case] = [
          {"data": "positive"}),
     Case("lrn_defaults", lambda S: S.LRN(_d(S), nsize=3, name="lrn"), {"data": (1, 5, 3, 3)}),
     Case("lrn_caffe", lambda S: S.LRN(_d(S), nsize=5, alpha=1e-3, beta=0.5, knorm=1.0, name="lrn"), {"data": (1, 6, 3, 3)}),
-    *[Case(f"l2norm_{m}", (lambda m: lambda S: S.L2Normalization(_d(S), mode=m, name="l2"))(m), {"data": (2, 3, 2, 2)})
-      for m in ("instance", "channel", "spatial")],
+    *[Case(f"l2norm_{m}", _l2norm(m), {"data": (2, 3, 2, 2)}) for m in ("instance", "channel", "spatial")],
     Case("upsampling_nearest", lambda S: S.UpSampling(_d(S), scale=2, sample_type="nearest", name="up"),
          {"data": (1, 2, 3, 4)}),
     Case("upsampling_multi_concat", lambda S: S.UpSampling(_d(S), _d(S, "b"), scale=2, sample_type="nearest", num_args=2,
