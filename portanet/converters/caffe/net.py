@@ -258,11 +258,6 @@ def attach_weights(deploy: DeployNet, raw_net: Any, *, path: str) -> None:
             layer.blobs = [blob_array(b, where=f"{path}: layer '{layer.name}' blob {i}: ") for i, b in enumerate(blobs)]
 
 
-def attach_inline_weights(deploy: DeployNet, net: Any, *, path: str) -> None:
-    """Weights written inside the definition itself (a caffemodel converted alone)."""
-    attach_weights(deploy, net, path=path)
-
-
 def apply_input_shapes(deploy: DeployNet, shapes: dict[str, list[int | str]], *, path: str) -> None:
     """``--input-shape`` overrides (key '' = the only input)."""
     names = [i.name for i in deploy.inputs]
@@ -277,4 +272,9 @@ def apply_input_shapes(deploy: DeployNet, shapes: dict[str, list[int | str]], *,
         spec = next((i for i in deploy.inputs if i.name == name), None)
         if spec is None:
             raise InvalidInputError(f"{path}: no input named '{name}'; inputs: {', '.join(names) or 'none'}")
+        if spec.shape and len(spec.shape) != len(dims):
+            raise InvalidInputError(
+                f"{path}: input '{name}' is declared with rank {len(spec.shape)} {spec.shape}; "
+                f"--input-shape gives {len(dims)} dims {list(dims)}"
+            )
         spec.shape = list(dims)  # type: ignore[arg-type]
