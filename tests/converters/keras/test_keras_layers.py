@@ -195,7 +195,10 @@ def test_activation_parity(name: str) -> None:
     import portanet
 
     # inputs spread over [-6, 6] so every piece of piecewise activations is exercised
-    model = seq((4, 16), L.Activation(name), L.Dense(3, activation=name))
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((4, 16), name="x")
+    # the Activation layer, and the same activation fused into a Dense
+    model = keras.Model(inp, [L.Activation(name)(inp), L.Dense(3, activation=name)(inp)])
     x = np.linspace(-6, 6, 2 * 4 * 16, dtype=np.float32).reshape(2, 4, 16)
     assert_parity(portanet.convert(model), model, [x], nchw=False)
 
@@ -219,7 +222,7 @@ def test_flatten_dense_keeps_keras_order_exactly() -> None:
     xs = random_inputs(model)
     got = run_converted(portanet.convert(model), xs, nchw=False)[0]
     # an independent numpy Dense on Keras' own flattened conv output
-    conv_out = keras.Model(model.inputs, model.layers[1].output)(xs[0])
+    conv_out = keras.Model(model.inputs[0], model.layers[1].output)(xs[0])
     dense = model.layers[-1]
     flat = np.asarray(conv_out).reshape(2, -1)  # NHWC order
     ref = flat @ np.asarray(dense.kernel) + np.asarray(dense.bias)

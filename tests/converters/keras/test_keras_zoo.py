@@ -69,6 +69,6 @@ def test_application_parity(keras_zoo, name: str, nchw: bool) -> None:
     probe = ir.Model(ir_model.graph, ir_version=ir_model.ir_version)
     probe.graph.outputs.append(value)
     got = run_converted(probe, xs, nchw)[-1]
-    ref = np.asarray(keras.Model(model.inputs, model.get_layer(feat).output)(xs[0], training=False))
+    ref = np.asarray(keras.Model(model.inputs[0], model.get_layer(feat).output)(xs[0], training=False))
     ref = to_nchw(ref) if (nchw and ref.ndim >= 3) else ref
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
