@@ -641,20 +641,20 @@ class _TrainProgress:
                 f"  test acc {m['test_accuracy']:.4f}" if "test_accuracy" in m else "")
             self.progress.console.print(
                 f"epoch {fields['epoch']}  train loss {fields['loss']}  acc {fields['acc']}  {test}  "
-                f"lr {event.lr:.3g}  {fields['rate']} samples/s  ({m['seconds']:.1f} s)")
+                f"lr {event.lr:.3g}  {fields['rate']} samples/s  ({m['seconds']:.1f} s)", soft_wrap=True)
 
 
 def _print_train_summary(result: dict[str, Any]) -> None:
     con = console()
     final = result.get("final") or {}
     if result.get("resumed_from"):
-        con.print(f"resumed from {result['resumed_from']}")
+        con.print(f"resumed from {result['resumed_from']}", soft_wrap=True)
     if final:
         acc = f", test accuracy {final['test_accuracy']:.4f}" if "test_accuracy" in final else ""
         con.print(f"trained {final.get('epoch', 0)} epoch(s) on {result['world_size']} process(es), "
-                  f"{result['device']}: test loss {final['test_loss']:.4f}{acc}")
+                  f"{result['device']}: test loss {final['test_loss']:.4f}{acc}", soft_wrap=True)
     for kind, path in result.get("outputs", {}).items():
-        con.print(f"[green]wrote[/green] {kind} {path}")
+        con.print(f"[green]wrote[/green] {kind} {path}", soft_wrap=True)
 
 
 # --- bench ---

@@ -28,6 +28,7 @@ The library never prints: progress goes to the ``callback`` (a ``TrainEvent`` pe
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -375,8 +376,11 @@ class Trainer:
 
             names = set(dict(module.named_buffers()))
             stateful = any(n in names for n in module.param_ir_names)  # BatchNorm running stats
+            # only models with running statistics need rank 0's buffers at every forward
+            sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+                else "broadcast_buffers"
             net = DDP(module, device_ids=[int(ctx.device.split(":")[1])] if ctx.device.startswith("cuda") else None,
-                      broadcast_buffers=stateful)
+                      **{sync: stateful})
         sampler = torch.utils.data.DistributedSampler(
             _Sized(len(prep.y_train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed
         )
