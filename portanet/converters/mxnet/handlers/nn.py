@@ -40,7 +40,7 @@ def _check_weight(n: NodeCtx, index: int, expected: tuple[int | None, ...], what
         return
     ok = arr.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, arr.shape))
     if not ok:
-        shown = tuple("?" if e is None else e for e in expected)
+        shown = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "") + ")"
         raise ConversionError(
             f"expected {what} of shape {shown}, received {tuple(arr.shape)} ('{n.input_name(index)}')"
         )
