@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 
 from portanet.converters.caffe import net as caffe_net
@@ -184,8 +185,10 @@ class _Converter:
         if not outputs:
             raise InvalidModelError(f"{self.where}: the deploy net has no outputs")
         for t in outputs:
-            self._add_output(t)
-        return b.build(source_files=self.sources, options=self.options.as_metadata())
+            self._add_output(t, self.deploy.layers[last[t]])
+        model = b.build(source_files=self.sources, options=self.options.as_metadata(), infer=False)
+        annotate_shapes(model)
+        return model
 
     def _input_shape(self, spec: caffe_net.InputSpec) -> list[int | str]:
         if spec.shape is None or not spec.shape:
@@ -221,14 +224,57 @@ class _Converter:
         v.name = blob
         self.named.add(id(v))
 
-    def _add_output(self, blob: str) -> None:
+    def _add_output(self, blob: str, writer: Layer) -> None:
         out = self.blobs[blob]
         if out.value.name != blob or out.value in self.b.outputs:
-            with self.b.layer(blob, "Output"):
+            with self.b.layer(writer.name, writer.type):
                 v = self.b.op("Identity", [out.value], outputs=[f"{blob}_out"])
             v.name = blob
             out = Out(v, out.shape)
         self.b.add_output(out.value)
+
+
+#: initializers up to this many elements keep their data for shape inference (shape constants)
+_SHAPE_DATA_LIMIT = 64
+
+
+def annotate_shapes(model: ir.Model) -> None:
+    """ONNX shape inference without serializing the weights: large initializers are stood in
+    for by external-data references (dims and type only), then the inferred types and shapes
+    are copied onto the IR values in place. Saves seconds on ResNet-50-sized nets."""
+    graph = model.graph
+    saved: dict[str, Any] = {}
+    for name, value in graph.initializers.items():
+        tensor = value.const_value
+        if tensor is not None and tensor.size > _SHAPE_DATA_LIMIT:
+            saved[name] = tensor
+            value.const_value = ir.ExternalTensor(
+                "shape-only", offset=0, length=tensor.nbytes, dtype=tensor.dtype,
+                shape=tensor.shape, name=tensor.name or name,
+            )
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in saved.items():
+            graph.initializers[name].const_value = tensor
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several internal types; shapes are optional
+        log.debug("shape inference failed: %s", exc)
+        return
+    infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    for node in graph:
+        for out in node.outputs:
+            vi = infos.get(out.name or "")
+            if vi is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                out.type = ir.TensorType(ir.DataType(tt.elem_type))
+            if tt.HasField("shape"):
+                out.shape = ir.Shape([
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                ])
 
 
 def convert_files(paths: Sequence[Path], options: ConvertOptions) -> ir.Model:

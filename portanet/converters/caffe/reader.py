@@ -38,7 +38,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
     if path.is_dir():
         raise InvalidInputError(f"{path}: is a directory, expected a {what}")
     data = path.read_bytes()
-    if not data.strip():
+    if not data or (len(data) < 65536 and not data.strip()):
         raise InvalidModelError(f"{path}: empty file, expected a {what}")
     return data
 
