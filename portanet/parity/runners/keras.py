@@ -94,6 +94,8 @@ def run_reference(
         from portanet.converters.keras.importer import load_keras_file
 
         src = load_keras_file(path)
+    if isinstance(src, SavedModelSignature):
+        return _run_tf(src.fn, src.specs, src.names, feeds, nchw, layers)
     if is_keras_model(src):
         return _run_keras(src, feeds, nchw, layers, _layer_layouts(options))
     if is_tf_function(src):
@@ -115,7 +117,10 @@ def _run_keras(model: Any, feeds: Mapping[str, np.ndarray], nchw: bool, layers: 
     outs = list(outs) if isinstance(outs, list | tuple) else [outs]
     result = {n: _from_keras(o, nchw) for n, o in zip(output_names(model), outs)}
     for name in layers or ():
-        value = np.asarray(_layer_output(fn, xs, name))
+        out = _layer_output(fn, xs, name)
+        if out is None:
+            continue
+        value = np.asarray(out)
         if layouts is not None:
             perm = layouts.get(name, list(range(value.ndim)))
             result[name] = np.transpose(value, perm) if len(perm) == value.ndim else value
@@ -143,7 +148,7 @@ def _layer_output(model: Any, xs: list[np.ndarray], name: str) -> Any:
             inner = feed_model(xs if len(xs) > 1 else xs[0], training=False)
             inner = [np.asarray(t) for t in (inner if isinstance(inner, list | tuple) else [inner])]
             return _layer_output(layer, inner, name)
-    raise InvalidInputError(f"the Keras model has no layer named '{name}'")
+    return None  # not a layer of this model (e.g. an IR-only node): left out
 
 
 def _one_or_list(items: list[Any]) -> Any:
@@ -161,8 +166,7 @@ def _contains(model: Any, name: str) -> bool:
 
 def _run_tf(fn: Any, specs: list[Any], names: list[str], feeds: Mapping[str, np.ndarray], nchw: bool,
             layers: Sequence[str] | None) -> dict[str, np.ndarray]:
-    if layers:
-        raise InvalidInputError("intermediate outputs of TensorFlow graphs are not available; compare outputs only")
+    # intermediate outputs of TensorFlow graphs are not available: requested layers are left out
     import tensorflow as tf
 
     missing = [n for n in names if n not in feeds]
@@ -188,15 +192,35 @@ def _run_tf(fn: Any, specs: list[Any], names: list[str], feeds: Mapping[str, np.
     return result
 
 
+class SavedModelSignature:
+    """A loaded SavedModel's serving signature (what ``prepare`` hands back for a folder)."""
+
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf
+
+        from portanet.converters.keras.tf_graph import signature_function
+
+        self.path = path
+        self._loaded = tf.saved_model.load(str(path))  # keeps the variables alive
+        self.fn, self.specs, self.names = signature_function(self._loaded, path)
+
+
 def _run_saved_model(path: Path, feeds: Mapping[str, np.ndarray], nchw: bool,
                      layers: Sequence[str] | None) -> dict[str, np.ndarray]:
-    import tensorflow as tf
+    sig = SavedModelSignature(path)
+    return _run_tf(sig.fn, sig.specs, sig.names, feeds, nchw, layers)
 
-    from portanet.converters.keras.tf_graph import signature_function
 
-    loaded = tf.saved_model.load(str(path))
-    fn, specs, names = signature_function(loaded, path)
-    return _run_tf(fn, specs, names, feeds, nchw, layers)
+def prepare(sources: Any, options: Any = None) -> list[Any]:
+    """Load the source once (a .keras/.h5 file, a SavedModel folder) for repeated runs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from portanet.converters.keras.importer import is_saved_model_dir, load_keras_file
+
+    src = _source(sources)
+    if isinstance(src, str | os.PathLike):
+        path = Path(src)
+        return [SavedModelSignature(path) if is_saved_model_dir(path) else load_keras_file(path)]
+    return [src]
 
 
 def _run_function(fn: Any, feeds: Mapping[str, np.ndarray], nchw: bool,

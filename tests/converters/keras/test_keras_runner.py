@@ -87,3 +87,31 @@ def test_nested_and_shared_layers(nchw: bool) -> None:
     calls = [np.asarray(model.get_layer("tower").get_layer("inner_conv")(model.get_layer("shared_pre")(x)))
              for x in xs]
     assert any(np.allclose(ref["inner_conv"], to_nchw(c), rtol=RTOL, atol=ATOL) for c in calls)
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_verify_and_bisect_use_the_runner(keras_zoo, nchw: bool) -> None:
+    """portanet.verify runs this runner: every layer of the shared two-input net is compared."""
+    import portanet
+
+    report = portanet.verify(keras_zoo("two_input_shared"), bisect=True, nchw=nchw, backends=["ort"])
+    assert report.passed
+    assert report.bisect.layer is None
+    assert report.bisect.compared == report.bisect.candidates > 0
+
+
+def test_prepare_loads_sources_once(keras_zoo, tmp_path) -> None:
+    from model_zoo.keras.models import save_model
+    from portanet.parity.runners.keras import SavedModelSignature, prepare, run_reference
+
+    model = keras_zoo("case_study_cnn")
+    sm = tmp_path / "sm"
+    model.export(str(sm), verbose=False)
+    loaded = prepare([save_model("case_study_cnn", ".keras")])
+    assert isinstance(loaded[0], keras.Model)
+    sig = prepare([sm])[0]
+    assert isinstance(sig, SavedModelSignature)
+    x = random_inputs(model)[0]
+    want = keras_outputs(model, [x])[0]
+    np.testing.assert_allclose(run_reference(loaded, {"image": x})["probs"], want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_reference([sig], {"image": x})["output_0"], want, rtol=RTOL, atol=ATOL)
