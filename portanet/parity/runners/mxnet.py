@@ -35,6 +35,10 @@ import mxnet as mx
 req = json.load(open(sys.argv[1]))
 sym = mx.sym.load(req["symbol"])
 saved = mx.nd.load(req["params"])
+if isinstance(saved, list):  # an unnamed (here: empty) list
+    if saved:
+        raise SystemExit("mxnet: the params file holds unnamed arrays")
+    saved = {}
 arg_params, aux_params = {}, {}
 for k, v in saved.items():
     kind, _, name = k.partition(":")
