@@ -180,12 +180,12 @@ class _Converter:
         # net outputs: final blob versions no layer reads
         outputs = [
             t for t, i in sorted(last.items(), key=lambda kv: kv[1])
-            if (t, i) not in consumed and t not in input_names
+            if (t, i) not in consumed
         ]
         if not outputs:
             raise InvalidModelError(f"{self.where}: the deploy net has no outputs")
         for t in outputs:
-            self._add_output(t, self.deploy.layers[last[t]])
+            self._add_output(t, self.deploy.layers[last[t]], t in input_names)
         model = b.build(source_files=self.sources, options=self.options.as_metadata(), infer=False)
         annotate_shapes(model)
         return model
@@ -224,8 +224,13 @@ class _Converter:
         v.name = blob
         self.named.add(id(v))
 
-    def _add_output(self, blob: str, writer: Layer) -> None:
+    def _add_output(self, blob: str, writer: Layer, is_input: bool) -> None:
         out = self.blobs[blob]
+        if is_input:
+            # a layer rewrote an input blob in place: the graph input keeps the name
+            with self.b.layer(writer.name, writer.type):
+                self.b.add_output(self.b.op("Identity", [out.value], outputs=[blob]))
+            return
         if out.value.name != blob or out.value in self.b.outputs:
             with self.b.layer(writer.name, writer.type):
                 v = self.b.op("Identity", [out.value], outputs=[f"{blob}_out"])

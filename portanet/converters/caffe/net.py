@@ -70,7 +70,7 @@ _V1_NAMES = {
 _V1_COPY = ("bottom", "top", "name", "include", "exclude", "loss_weight")
 
 #: layers that feed data in training/testing; in a deploy graph their tops are inputs
-DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData", "Python:data"}
+DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
 #: layers that only matter for training/evaluation
 DROPPED_LAYERS = {"Accuracy", "HDF5Output", "Im2col"}
 

@@ -171,3 +171,19 @@ def test_detect_by_suffix_and_content(tmp_path, zoo):
     renamed = tmp_path / "deploy.txt"
     renamed.write_text(proto.read_text())
     assert detect([renamed]).name == "caffe"
+
+
+def test_in_place_layer_on_an_input(tmp_path):
+    """A layer writing its input blob in place: the graph input keeps the blob's name and the
+    output gets a unique one."""
+    proto = tmp_path / "d.prototxt"
+    proto.write_text(
+        'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "neg" type: "Power" bottom: "data" top: "data" power_param { scale: -1 } }\n'
+    )
+    model = convert_paths([proto])
+    assert [v.name for v in model.graph.inputs] == ["data"]
+    (out,) = [v.name for v in model.graph.outputs]
+    assert out.startswith("data") and out != "data"
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(Session(model).run({"data": x})[out], -x)
