@@ -68,6 +68,16 @@ class Ctx:
             raise ConversionError(f"axis {axis} is out of range for a {rank}-D bottom {self.shape}")
         return axis % rank
 
+    def expect_blobs(self, count: int, what: str) -> None:
+        """Caffe refuses a caffemodel whose blob count differs from the layer's definition
+        (e.g. a bias blob for ``bias_term: false``); so does portanet."""
+        n = len(self.layer.blobs)
+        if n and n != count:
+            raise ConversionError(
+                f"expected {count} blob(s) ({what}) from the prototxt, received {n} in the caffemodel",
+                path=self.weights_path,
+            )
+
     def blob(self, i: int, shape: Sequence[int] | None = None, what: str = "") -> np.ndarray:
         """Weight blob ``i``, reshaped to ``shape`` (element counts must agree: legacy 4-D
         blobs such as 1x1xNxK are accepted for an (N, K) weight)."""

@@ -51,6 +51,17 @@ def test_blob_shape_disagrees_with_prototxt(tmp_path, zoo):
     assert str(model) in msg
 
 
+def test_blob_count_disagrees_with_prototxt(tmp_path, zoo):
+    """A bias blob in the caffemodel for ``bias_term: false``: Caffe refuses it, so does portanet."""
+    proto, model = zoo("lenet")
+    changed = tmp_path / "nobias.prototxt"
+    changed.write_text(proto.read_text().replace("num_output: 10 }", "num_output: 10 bias_term: false }"))
+    with pytest.raises(ConversionError) as info:
+        convert_paths([changed, model])
+    msg = _one_line(info.value)
+    assert "layer 'ip2' (InnerProduct)" in msg and "expected 1 blob(s) (weights)" in msg and "received 2" in msg
+
+
 def test_bottom_no_layer_produces(tmp_path):
     proto = tmp_path / "d.prototxt"
     proto.write_text(

@@ -47,6 +47,7 @@ def relu(ctx: Ctx) -> list[Out]:
 def prelu(ctx: Ctx) -> list[Out]:
     ctx.expect_bottoms(1)
     shape = ctx.shape
+    ctx.expect_blobs(1, "slope")
     if ctx.p.prelu_param.channel_shared:
         slope = ctx.blob(0, [1], "slope")  # 0-D in Caffe; (1,) broadcasts the same
     else:

@@ -57,6 +57,7 @@ def convolution(ctx: Ctx) -> list[Out]:
     group, cout, cin = p.group, p.num_output, shape[1]
     if cin % group or cout % group:
         raise ConversionError(f"group {group} must divide channels {cin} and num_output {cout}")
+    ctx.expect_blobs(2 if p.bias_term else 1, "weights, bias" if p.bias_term else "weights")
     w = ctx.param("w", ctx.blob(0, [cout, cin // group, *kernel], "weights"))
     inputs = [ctx.x, w]
     if p.bias_term:
@@ -84,6 +85,7 @@ def deconvolution(ctx: Ctx) -> list[Out]:
     if cin % group or cout % group:
         raise ConversionError(f"group {group} must divide channels {cin} and num_output {cout}")
     # Caffe stores (C_in, num_output/group, kh, kw): ONNX ConvTranspose's layout
+    ctx.expect_blobs(2 if p.bias_term else 1, "weights, bias" if p.bias_term else "weights")
     w = ctx.param("w", ctx.blob(0, [cin, cout // group, *kernel], "weights"))
     inputs = [ctx.x, w]
     if p.bias_term:

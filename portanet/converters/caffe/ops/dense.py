@@ -13,6 +13,7 @@ def inner_product(ctx: Ctx) -> list[Out]:
     shape = ctx.shape
     axis = ctx.axis(p.axis)
     n_out, k = p.num_output, prod(shape[axis:])
+    ctx.expect_blobs(2 if p.bias_term else 1, "weights, bias" if p.bias_term else "weights")
     # Caffe's weight is (N, K), or (K, N) with transpose; legacy blobs are 1x1xNxK
     w = ctx.blob(0, [k, n_out] if p.transpose else [n_out, k], "weights")
     b = ctx.blob(1, [n_out], "bias") if p.bias_term else None

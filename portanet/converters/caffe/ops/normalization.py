@@ -17,6 +17,7 @@ def bn_statistics(ctx: Ctx, bn: Layer, channels: int) -> tuple[np.ndarray, np.nd
     saved = ctx.layer
     ctx.layer = bn  # blob errors name the BatchNorm layer
     try:
+        ctx.expect_blobs(3, "mean, variance, scale factor")
         mean = ctx.blob(0, [channels], "mean")
         var = ctx.blob(1, [channels], "variance")
         factor = float(ctx.blob(2, [1], "scale factor")[0])
@@ -99,6 +100,9 @@ def scale(ctx: Ctx) -> list[Out]:
     if "bn" in ctx.extra:
         return [Out(_fused_bn_scale(ctx, ctx.extra["bn"]), ctx.shape)]
     axis = ctx.axis(p.axis)
+    n_blobs = (len(ctx.inputs) == 1) + bool(p.bias_term)
+    if n_blobs:
+        ctx.expect_blobs(n_blobs, "scale, bias" if n_blobs == 2 else "bias" if len(ctx.inputs) == 2 else "scale")
     if len(ctx.inputs) == 2:
         y = ctx.op("Mul", [ctx.x, _second_bottom(ctx, axis)])
         n_scale_blobs = 0
@@ -119,6 +123,8 @@ def _fused_bn_scale(ctx: Ctx, bn: Layer) -> ir.Value:
     """BatchNorm followed by a per-channel Scale: one ONNX BatchNormalization whose
     scale/bias are the Scale layer's gamma/beta."""
     c = ctx.shape[1]
+    bias_term = ctx.p.scale_param.bias_term
+    ctx.expect_blobs(2 if bias_term else 1, "scale, bias" if bias_term else "scale")
     gamma = ctx.blob(0, [c], "scale")
     beta = ctx.blob(1, [c], "bias") if ctx.p.scale_param.bias_term else np.zeros(c, np.float32)
     return _bn_node(ctx, bn, gamma, beta, "")
@@ -143,6 +149,7 @@ def bias(ctx: Ctx) -> list[Out]:
     if len(ctx.inputs) == 2:
         b = _second_bottom(ctx, axis)
     else:
+        ctx.expect_blobs(1, "bias")
         b = ctx.param("bias", _broadcast_param(ctx, ctx.blob(0, _scale_shape(ctx, axis, p.num_axes), "bias"), axis))
     return [Out(ctx.op("Add", [ctx.x, b]), ctx.shape)]
 
@@ -200,6 +207,7 @@ def normalize(ctx: Ctx) -> list[Out]:
     ss = ctx.op("ReduceSumSquare", [ctx.x, axes], {"keepdims": 1})
     norm = ctx.op("Sqrt", [ctx.op("Add", [ss, ctx.fconst(np.float32(p.eps))])])
     y = ctx.op("Div", [ctx.x, norm])
+    ctx.expect_blobs(1, "scale")
     if p.channel_shared:
         s = ctx.blob(0, [1], "scale")
     else:
