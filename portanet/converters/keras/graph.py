@@ -105,8 +105,11 @@ def input_names(model: Any) -> list[str]:
 
 
 def output_names(model: Any) -> list[str]:
-    """IR output names: the names of the Keras layers producing ``model.outputs``."""
-    return _unique_names([_history_name(t) for t in functional_of(model).outputs])
+    """IR output names: the names of the Keras layers producing ``model.outputs`` (an input
+    passed straight through to an output gets ``<name>_out``)."""
+    taken = set(input_names(model))
+    names = [_history_name(t) for t in functional_of(model).outputs]
+    return _unique_names([f"{n}_out" if n in taken else n for n in names])
 
 
 def interface_perm(rank: int, nchw: bool) -> layout.Perm:

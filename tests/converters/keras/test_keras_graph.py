@@ -1,0 +1,80 @@
+"""Graph walking: Sequential built without Input, nested Sequential, pass-through outputs, a
+layer called twice, custom layers and raw keras.ops calls reported in one error."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.converters.keras.conftest import assert_parity, random_inputs
+
+keras = pytest.importorskip("keras")
+L = keras.layers
+
+
+def _built_sequential():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([L.Dense(4, activation="relu"), L.Dense(2)])
+    m.build((None, 8))
+    return m
+
+
+def _nested_sequential():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([L.Conv2D(4, 3), L.ReLU()], name="inner")
+    return keras.Sequential([keras.Input((7, 7, 3)), inner, L.GlobalAveragePooling2D(), L.Dense(2)])
+
+
+def _passthrough():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((5,), name="x")
+    return keras.Model(i, [i, L.Dense(2, name="d")(i)])
+
+
+def _layer_twice():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((4, 4, 3), name="x")
+    conv = L.Conv2D(3, 1, name="conv")
+    return keras.Model(i, [conv(i), conv(conv(i))])
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("build", [_built_sequential, _nested_sequential, _passthrough, _layer_twice],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_graph_shapes(build, nchw: bool) -> None:
+    import portanet
+
+    model = build()
+    assert_parity(portanet.convert(model, nchw=nchw), model, random_inputs(model), nchw)
+
+
+def test_output_names() -> None:
+    import portanet
+
+    assert [v.name for v in portanet.convert(_passthrough()).graph.outputs] == ["x_out", "d"]
+    assert [v.name for v in portanet.convert(_layer_twice()).graph.outputs] == ["conv", "conv_1"]
+
+
+def test_custom_layers_and_ops_in_one_error() -> None:
+    import portanet
+    from portanet.errors import UnsupportedOpError
+
+    class Doubler(L.Layer):
+        def call(self, x):
+            return x * 2
+
+    i = keras.Input((8,), name="x")
+    y = keras.ops.add(L.Dense(3, name="fc")(i), 1.0)
+    model = keras.Model(i, [Doubler(name="c1")(i), Doubler(name="c2")(y), L.Lambda(lambda t: t, name="lam")(i)])
+    with pytest.raises(UnsupportedOpError) as info:
+        portanet.convert(model)
+    found = {k: sorted(v) for k, v in info.value.unsupported.items()}
+    assert found == {"Doubler": ["c1", "c2"], "Lambda": ["lam"], "ops.Add": ["add"]}
+    assert "4 unsupported layer(s) of 3 type(s)" in str(info.value)
+
+
+def test_unbuilt_sequential() -> None:
+    import portanet
+    from portanet.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="not built"):
+        portanet.convert(keras.Sequential([L.Dense(2)]))
