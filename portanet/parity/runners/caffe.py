@@ -51,9 +51,14 @@ class OpenCVNet:
 
 
 def _options(options: Any) -> Any:
+    """ConvertOptions from ``options`` (itself, or a runner-options mapping holding one)."""
     from portanet.converters.registry import ConvertOptions
 
-    return options if isinstance(options, ConvertOptions) else ConvertOptions()
+    if isinstance(options, ConvertOptions):
+        return options
+    if isinstance(options, Mapping) and isinstance(options.get("convert_options"), ConvertOptions):
+        return options["convert_options"]
+    return ConvertOptions()
 
 
 def opencv_net(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options: Any = None) -> OpenCVNet:
@@ -212,9 +217,8 @@ def run_reference(
         wanted[blobs[0] if blobs else name] = name
     for layer in layers or ():
         cv_name = prepared.layer_alias.get(layer, layer)
-        if cv_name not in known:
-            raise InvalidInputError(f"OpenCV's net has no layer '{layer}'")
-        wanted[layer] = cv_name
+        if cv_name in known:  # layers OpenCV does not have are left out (the contract allows it)
+            wanted[layer] = cv_name
     names = list(dict.fromkeys(wanted.values()))
     try:
         results = net.forward(names)

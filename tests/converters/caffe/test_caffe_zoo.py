@@ -183,3 +183,15 @@ def test_runner_rewrites_deviations_itself(caffe):
     prepared = opencv_net([proto, model], feeds)
     assert len(prepared.notes) == 3, prepared.notes
     _close(Session(ir_model).run(feeds), run_reference([proto, model], feeds))
+
+
+def test_runner_accepts_verify_options_and_skips_unknown_layers(zoo):
+    """The runner reads ConvertOptions from a verify-style options mapping, and leaves out
+    requested layers OpenCV does not have (the runner contract allows missing layers)."""
+    proto, model = zoo("lenet")
+    ir_model = convert_paths([proto, model])
+    feeds = Session(ir_model).random_feeds(seed=6)
+    ref = run_reference([model], feeds, layers=["conv1", "not-a-layer"],
+                        options={"convert_options": ConvertOptions(prototxt=proto)})
+    assert set(ref) == {"prob", "conv1"}
+    _close(Session(ir_model).run(feeds), ref)
