@@ -74,7 +74,15 @@ def build(parts: tuple[str, ...] = ALL_PARTS) -> Path:
             (out / f".done-{part}").touch()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(out)
     return out
+
+
+def _prune(keep: Path) -> None:
+    """Remove folders of earlier builder versions (other hashes) beside ``keep``."""
+    for old in keep.parent.iterdir():
+        if old != keep and old.is_dir() and len(old.name) == 12 and all(c in "0123456789abcdef" for c in old.name):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,21 @@ class Converter:
             ]
         return out
 
+    def annotate(self, model: ir.Model) -> None:
+        """Set every node output's type and shape from ONNX shape inference run on the graph
+        without its weight data (inference over the full model would copy every weight
+        several times through protobuf)."""
+        self._dims_nodes = -1
+        dims = self._infer_partial()
+        for node in model.graph:
+            for v in node.outputs:
+                name = v.name or ""
+                if name in self._dtype_cache:
+                    v.type = ir.TensorType(ir.DataType.from_numpy(self._dtype_cache[name]))
+                d = dims.get(name)
+                if d is not None:
+                    v.shape = ir.Shape([x if isinstance(x, int) else ir.SymbolicDim(x) for x in d])
+
     def shape_value(self, value: ir.Value) -> ir.Value:
         """An ONNX ``Shape`` of ``value`` (int64 1-D), emitted once per value."""
         key = id(value)

@@ -187,7 +187,9 @@ def convert_checkpoint(
     unused = sorted(set(params) - conv.used_params)
     if unused:
         log.info("%d stored arrays are not used by the symbol: %s", len(unused), ", ".join(unused[:5]))
-    return builder.build(source_files=[symbol_path, params_path], options=opts.as_metadata())
+    model = builder.build(source_files=[symbol_path, params_path], options=opts.as_metadata(), infer=False)
+    conv.annotate(model)
+    return model
 
 
 def _needed_nodes(symbol) -> set[int]:
