@@ -82,10 +82,23 @@ def _flatten(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
 def _reshape(node: ir.Node, p: EliminateIdentity) -> ir.Value | None:
     x = node.inputs[0]
     target = const_array(node.inputs[1])
-    if (x is not None and x.shape is not None and target is not None and not attr(node, "allowzero", 0)
-            and target.size == len(x.shape) and not np.any(target)):
-        return x  # every dim copied from the input (0 = copy)
+    if x is not None and x.shape is not None and target is not None and not attr(node, "allowzero", 0):
+        if _keeps_shape(list(x.shape), [int(t) for t in target.reshape(-1)]):
+            return x
     return _same_shape(node, p)
+
+
+def _keeps_shape(dims: list, target: list[int]) -> bool:
+    """Whether Reshape ``target`` gives back ``dims``: every entry copies (0) or equals the
+    input's known dim, except at most one -1, which then must resolve to the remaining dim."""
+    if len(dims) != len(target) or target.count(-1) > 1:
+        return False
+    for d, t in zip(dims, target):
+        if t == -1 or t == 0:
+            continue
+        if not isinstance(d, int) or d != t or d == 0:
+            return False
+    return True
 
 
 @rule("Transpose")

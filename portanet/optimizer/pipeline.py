@@ -64,7 +64,8 @@ class Pipeline:
     """Runs passes in order, repeatedly, until none changes the model (or ``max_rounds``).
 
     ``level``: 0 nothing, 1 trainable clean-up, 2 inference. ``passes`` overrides the level's
-    pass list by name. ``check`` runs the ONNX Runtime guard after every pass that changed
+    pass list by name (``shape_inference`` is always added: the rewrites read its shapes).
+    ``check`` runs the ONNX Runtime guard after every pass that changed
     the model (``feeds`` are the probe inputs; random ones of the declared shapes otherwise).
     """
 
@@ -87,7 +88,10 @@ class Pipeline:
         self.atol = atol
         self.feeds = feeds
         self.max_rounds = max_rounds
-        classes = passes_for(level, list(passes) if passes is not None else None) if (level or passes) else []
+        names = list(passes) if passes is not None else None
+        if names and "shape_inference" not in names:
+            names.insert(0, "shape_inference")  # it only annotates; the rewrites read its shapes
+        classes = passes_for(level, names) if (level or names) else []
         self.passes: list[OptimizerPass] = [cls(level=max(level, 1)) for cls in classes]
 
     def run(self, model: ir.Model) -> OptimizeResult:

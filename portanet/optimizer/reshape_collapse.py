@@ -4,6 +4,7 @@
   the identity).
 * A chain of data-order-preserving reshapes (Reshape, Squeeze, Unsqueeze, Flatten) is one
   Reshape from the chain's input to the last output shape.
+* A ``ReduceMean``/``Max``/``Min``/``Sum``/``Prod`` over axes of size 1 is a Squeeze (or nothing).
 * A Reshape whose target is computed at run time (``Shape -> Gather -> Concat``, the PyTorch
   ``x.view(x.size(0), -1)`` pattern) gets a constant target when the output shape is known
   up to dims copied from the input: those become ``0`` (ONNX "copy this dim"), at most one
@@ -19,6 +20,8 @@ from portanet.optimizer._util import Namer, add_initializer, attr, const_array, 
 from portanet.optimizer.base import OptimizerPass, register_pass
 
 RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+#: reductions that return their single element unchanged (not L1/L2/LogSumExp/SumSquare)
+UNIT_REDUCE = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd")
 
 
 def _sym(d: object) -> str | None:
@@ -62,7 +65,38 @@ class CollapseReshapes(OptimizerPass):
                 modified |= self._transposes(graph, namer, node)
             elif node.op_type in RESHAPES:
                 modified |= self._reshapes(graph, namer, node)
+            elif node.op_type in UNIT_REDUCE:
+                modified |= self._unit_reduce(graph, namer, node)
         return modified
+
+    def _unit_reduce(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
+        """A Mean/Max/Min/Sum/Prod reduction over axes of size 1 only moves no number:
+        it is a Squeeze (keepdims=0) or nothing at all (keepdims=1)."""
+        x = node.inputs[0]
+        if x is None or x.shape is None:
+            return False
+        r = len(x.shape)
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            axes_arr = const_array(node.inputs[1])
+            axes = None if axes_arr is None else [int(a) for a in axes_arr.reshape(-1)]
+        else:
+            axes = attr(node, "axes")
+        if not axes:
+            return False  # no axes: reduce everything (or nothing), leave it
+        axes = sorted({a % r for a in axes})
+        if any(x.shape[a] != 1 for a in axes):
+            return False
+        out = node.outputs[0]
+        if attr(node, "keepdims", 1):
+            return replace_value(out, x) and self._drop(graph, node)
+        squeeze = new_node("Squeeze", [x, add_initializer(graph, namer, np.array(axes, np.int64),
+                                                          f"{node.name or 'reduce'}_axes")], namer=namer, like=node)
+        squeeze.outputs[0].shape, squeeze.outputs[0].type = out.shape, out.type
+        graph.insert_before(node, squeeze)
+        if not replace_value(out, squeeze.outputs[0]):
+            graph.remove(squeeze, safe=True)
+            return False
+        return self._drop(graph, node)
 
     def _transposes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
         inner = node.inputs[0].producer() if node.inputs[0] is not None else None

@@ -372,3 +372,31 @@ def test_reshape_before_gemm_becomes_flatten():
                  [init("shape", np.array([0, -1], np.int64)), init("w", rand(5, 12))])
     model = check_pass(proto, ["gemm_input"], fires=True, level=1)
     assert ops(model) == {"Flatten": 1, "Gemm": 1}
+
+
+def test_reshape_to_own_shape_with_symbolic_batch_is_removed():
+    proto = make([node("Relu", ["x"], ["r"]), node("Reshape", ["r", "shape"], ["y"])],
+                 [tensor_input("x", [N, 5, 1, 1])], [("y", [N, 5, 1, 1])],
+                 [init("shape", np.array([-1, 5, 1, 1], np.int64))])
+    model = check_pass(proto, ["eliminate_identity"], fires=True)
+    assert ops(model) == {"Relu": 1}
+    other = make([node("Relu", ["x"], ["r"]), node("Reshape", ["r", "shape"], ["y"])],
+                 [tensor_input("x", [N, 5, 1, 1])], [("y", [N, 1, 5, 1])],
+                 [init("shape", np.array([-1, 1, 5, 1], np.int64))])
+    check_pass(other, ["eliminate_identity"], fires=False)
+
+
+@pytest.mark.parametrize("op,keepdims,fires", [("ReduceMean", 0, True), ("ReduceMax", 1, True),
+                                               ("ReduceL2", 0, False), ("ReduceSumSquare", 1, False)])
+def test_reduction_over_unit_axes(op, keepdims, fires):
+    out = [N, 1, 1, 6] if keepdims else [N, 6]
+    proto = make([node("Relu", ["x"], ["r"]), node(op, ["r", "axes"], ["y"], keepdims=keepdims)],
+                 [tensor_input("x", [N, 1, 1, 6])], [("y", out)], [init("axes", np.array([1, 2], np.int64))])
+    model = check_pass(proto, ["collapse_reshapes", "remove_unused"], fires=fires)
+    assert (op in ops(model)) != fires
+
+
+def test_reduction_over_real_axes_stays():
+    proto = make([node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)], [tensor_input("x", [N, 2, 1, 6])],
+                 [("y", [N, 6])], [init("axes", np.array([1, 2], np.int64))])
+    check_pass(proto, ["collapse_reshapes"], fires=False)
