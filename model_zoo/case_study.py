@@ -193,8 +193,9 @@ def _mxnet(ctx: Context) -> Built:
     symbol, params, version = nets.write_mxnet(ctx.weights, ctx.out / "sources" / "mxnet", mxnet_python())
     ctx.tools["mxnet"] = version
     sources = [symbol, params]
-    model = portanet.convert(*map(str, sources))
-    opts = ConvertOptions()
+    # a symbol file carries no input shape: declare the digits' (with a symbolic batch)
+    opts = ConvertOptions(input_shapes={"data": ["N", 1, 28, 28]})
+    model = portanet.convert(*map(str, sources), input_shapes=opts.input_shapes)
     return Built(sources, model, _reference_predict("mxnet", sources, model, opts), "mxnet", opts)
 
 
@@ -227,7 +228,7 @@ def check_parity(ctx: Context, case: FrameworkCase, built: Built, row: Framework
     ref = np.asarray(built.predict(x))
     got = {b: run_backend(built.model, b, x) for b in BACKENDS}
     (ctx.out / "parity").mkdir(parents=True, exist_ok=True)
-    np.savez(ctx.out / "parity" / f"{case.key}.npz", reference=ref, **got)
+    np.savez(ctx.out / "parity" / f"{case.key}.npz", input=x, reference=ref, **got)
     if built.verify_framework is None:
         for b in BACKENDS:
             st = compare(ref, got[b], rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
@@ -306,6 +307,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="longer training (12 epochs)")
     mode.add_argument("--quick", action="store_true", help="1 epoch of a few batches, short benchmarks (tests)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for PyTorch and TensorFlow (default: their own, all cores); "
+                        "1 keeps timings stable on a machine shared with other jobs")
     p.add_argument("--frameworks", default=",".join(CASES),
                    help=f"comma-separated subset of {','.join(CASES)} (default: all)")
     args = p.parse_args(argv)
@@ -314,7 +318,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"unknown framework(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
     return args
+
+
+def set_threads(n: int) -> None:
+    """Pin PyTorch's and TensorFlow's intra-op pools to ``n`` threads (before either runs anything)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except ImportError:
+        pass
 
 
 def _tool_versions() -> dict[str, str]:
@@ -337,18 +357,36 @@ def _failure(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.logging import RichHandler
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     args = parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # piped or captured: room for the whole table
+        console = Console(width=max(console.width, 130))
     logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     started = time.perf_counter()
+    if args.threads:
+        set_threads(args.threads)
     wanted = [k for k in CASES if k in args.frameworks.split(",")]
     epochs = args.epochs or (1 if args.quick else 12 if args.full else 4)
     settings = nets.TrainSettings(epochs=epochs, max_batches=10 if args.quick else None)
     bench = (dict(warmup=1, iters=3, min_seconds=0.0) if args.quick
              else dict(warmup=5, iters=30, min_seconds=0.5))
+    from portanet.errors import PortanetError
+
+    try:  # bad input ends here, in one line, before anything is written
+        digits = nets.load_digits(args.data)
+    except PortanetError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -373,7 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.advance(overall)
 
         stage("loading data")
-        digits = nets.load_digits(args.data)
         ctx = Context(out, digits, settings, args.quick, 64, bench, tools=_tool_versions())
         step()
 
@@ -440,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "test": len(digits.y_test)},
             settings={"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
                       "momentum": settings.momentum, "gamma": settings.gamma, "max_batches": settings.max_batches,
-                      "quick": args.quick, "full": args.full, "bench": bench},
+                      "quick": args.quick, "full": args.full, "threads": args.threads, "bench": bench},
             rtol=1e-4, atol=1e-5, parity_images=ctx.parity_images, rows=rows, finetune=tuned, tools=ctx.tools)
         result.seconds = time.perf_counter() - started
         paths = write_all(result, out)
