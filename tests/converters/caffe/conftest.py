@@ -18,12 +18,11 @@ RTOL, ATOL = 1e-4, 1e-5
 def net_text(layers: str, input_shape: tuple[int, ...] = (2, 3, 8, 8), inputs: dict[str, tuple] | None = None) -> str:
     """A deploy prototxt: Input layer(s) then ``layers``."""
     inputs = inputs or {"data": input_shape}
-    head = "".join(
-        f'layer {{ name: "{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
-        + " ".join(f"dim: {d}" for d in s)
-        + " } } }\n"
-        for n, s in inputs.items()
-    )
+    # one Input layer with a top and a shape per input (as Caffe's upgrader writes them)
+    tops = " ".join(f'top: "{n}"' for n in inputs)
+    shapes = " ".join("shape { " + " ".join(f"dim: {d}" for d in s) + " }" for s in inputs.values())
+    name = next(iter(inputs)) if len(inputs) == 1 else "input"
+    head = f'layer {{ name: "{name}" type: "Input" {tops} input_param {{ {shapes} }} }}\n'
     return 'name: "t"\n' + head + layers
 
 

@@ -222,6 +222,34 @@ def test_permute_partial_order(caffe):
     caffe.close(got["y"], ref["y"])
 
 
+def test_axpy(caffe):
+    """SENet's Axpy (a * x + y). OpenCV computes a * bottom[2] + bottom[1]: its equivalent
+    net swaps bottoms 1 and 2. (OpenCV 4.14's Axpy also fails for batch > 1: batch 1 here.)"""
+    inputs = {"a": (1, 3, 1, 1), "x": (1, 3, 4, 4), "b": (1, 3, 4, 4)}
+    text = caffe.net_text('layer { name: "y" type: "Axpy" bottom: "a" bottom: "x" bottom: "b" top: "y" }\n',
+                          inputs=inputs)
+    proto, model = caffe.write(text)
+    rng = np.random.default_rng(8)
+    feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in inputs.items()}
+    _, got = caffe.convert_run([proto, model], feeds)
+    caffe.close(got["y"], feeds["a"] * feeds["x"] + feeds["b"])
+    eq = caffe.folder / "eq.prototxt"
+    eq.write_text(text.replace('bottom: "x" bottom: "b"', 'bottom: "b" bottom: "x"'))
+    ref = caffe.opencv(eq, model, feeds, ["y"])
+    caffe.close(got["y"], ref["y"])
+
+
+def test_relu6(caffe):
+    shape = (2, 3, 4, 4)
+    text = caffe.net_text('layer { name: "y" type: "ReLU6" bottom: "data" top: "y" }\n', shape)
+    proto, model = caffe.write(text)
+    feeds = {"data": (_feeds(shape)["data"] * 5).astype(np.float32)}
+    _, got = caffe.convert_run([proto, model], feeds)
+    ref = caffe.opencv(proto, model, feeds, ["y"])
+    caffe.close(got["y"], ref["y"])
+    caffe.close(got["y"], np.clip(feeds["data"], 0, 6))
+
+
 def test_prelu_channel_shared(caffe):
     """A shared PReLU slope is 0-d in Caffe; OpenCV cannot load 0-d blobs, so its equivalent
     caffemodel stores the slope with shape (1,). The converter reads the 0-d original."""

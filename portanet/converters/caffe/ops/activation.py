@@ -120,6 +120,14 @@ def clip(ctx: Ctx) -> list[Out]:
     return [Out(ctx.op("Clip", [ctx.x, lo, hi]), ctx.shape)]
 
 
+@HANDLERS.register("ReLU6")
+def relu6(ctx: Ctx) -> list[Out]:
+    """MobileNet forks' ReLU6: ``min(max(x, 0), 6)``."""
+    ctx.expect_bottoms(1)
+    lo, hi = ctx.fconst(np.float32(0.0)), ctx.fconst(np.float32(6.0))
+    return [Out(ctx.op("Clip", [ctx.x, lo, hi]), ctx.shape)]
+
+
 @HANDLERS.register("Swish")
 def swish(ctx: Ctx) -> list[Out]:
     """``y = x * sigmoid(beta * x)``."""

@@ -154,6 +154,22 @@ def bias(ctx: Ctx) -> list[Out]:
     return [Out(ctx.op("Add", [ctx.x, b]), ctx.shape)]
 
 
+@HANDLERS.register("Axpy")
+def axpy(ctx: Ctx) -> list[Out]:
+    """SENet fork: ``top = a * x + y`` with bottoms (a (N, C, 1, 1) or (N, C), x, y)."""
+    ctx.expect_bottoms(3)
+    a_shape, x_shape, y_shape = ctx.shapes
+    if x_shape != y_shape or a_shape[:2] != x_shape[:2] or any(d != 1 for d in a_shape[2:]):
+        raise ConversionError(
+            f"expected bottoms a (N, C, 1, 1), x and y of equal shape; received {a_shape}, {x_shape}, {y_shape}"
+        )
+    a = ctx.inputs[0]
+    if len(a_shape) < len(x_shape):  # (N, C) -> (N, C, 1, 1)
+        a = ctx.reshape(a, [0, 0] + [1] * (len(x_shape) - 2))
+    y = ctx.op("Add", [ctx.op("Mul", [a, ctx.inputs[1]]), ctx.inputs[2]])
+    return [Out(y, x_shape)]
+
+
 @HANDLERS.register("LRN")
 def lrn(ctx: Ctx) -> list[Out]:
     ctx.expect_bottoms(1)
