@@ -11,7 +11,8 @@ given an equivalent rewritten net instead (listed by :func:`opencv_net` in its `
 * InnerProduct ``transpose: true`` (ignored by OpenCV): pre-transposed weights;
 * LRN across channels with ``k != 1`` (OpenCV ignores k): alpha/k with k = 1, then a Power
   layer scaling by k^-beta;
-* 0-d blobs (shared PReLU slope, scalar Scale): stored with shape (1,).
+* 0-d blobs (shared PReLU slope, scalar Scale): stored with shape (1,);
+* Axpy (OpenCV computes ``a * bottom[2] + bottom[1]``): bottoms 1 and 2 swapped.
 
 Constructs OpenCV cannot reproduce at all (``Bias`` layers, ``Log`` with base/scale/shift)
 raise ``RuntimeBackendError``. Fusion and Winograd are disabled so intermediate layer
@@ -129,6 +130,10 @@ def opencv_net(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options:
             lp.inner_product_param.transpose = False
             rewritten_weights = True
             notes.append(f"{lp.name}: InnerProduct transpose -> pre-transposed weights")
+        if lp.type == "Axpy" and len(lp.bottom) == 3:
+            # OpenCV computes a * bottom[2] + bottom[1]
+            lp.bottom[1], lp.bottom[2] = lp.bottom[2], lp.bottom[1]
+            notes.append(f"{lp.name}: Axpy bottoms 1 and 2 swapped")
         if lp.type == "LRN" and lp.lrn_param.norm_region == 0 and lp.lrn_param.k != 1.0:
             p = lp.lrn_param
             k, beta = p.k, p.beta

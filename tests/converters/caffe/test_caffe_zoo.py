@@ -195,3 +195,13 @@ def test_runner_accepts_verify_options_and_skips_unknown_layers(zoo):
                         options={"convert_options": ConvertOptions(prototxt=proto)})
     assert set(ref) == {"prob", "conv1"}
     _close(Session(ir_model).run(feeds), ref)
+
+
+def test_runner_swaps_axpy_bottoms(caffe):
+    inputs = {"a": (1, 2, 1, 1), "x": (1, 2, 3, 3), "b": (1, 2, 3, 3)}
+    proto, model = caffe.write(caffe.net_text(
+        'layer { name: "y" type: "Axpy" bottom: "a" bottom: "x" bottom: "b" top: "y" }\n', inputs=inputs))
+    ir_model = convert_paths([proto, model])
+    rng = np.random.default_rng(12)
+    feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in inputs.items()}
+    _close(Session(ir_model).run(feeds), run_reference([proto, model], feeds))
