@@ -68,7 +68,7 @@ class HandlerTable:
         try:
             return self._handlers[op_type](*args, **kwargs)
         except ConversionError as exc:
-            raise exc.located(framework=self.framework, layer=layer_name, layer_type=op_type, path=path)
+            raise exc.located(framework=self.framework, layer=layer_name, layer_type=op_type, path=path) from None
         except PortanetError:
             raise
         except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:

@@ -1,6 +1,14 @@
 """Thin helpers over onnx_ir: builder, provenance, shapes, metadata, ONNX file I/O."""
 
-from portanet.ir.builder import BATCH, CANONICAL_OPSET, IR_VERSION, GraphBuilder, ir_dtype, make_shape, new_model
+from portanet.ir.builder import (
+    BATCH,
+    CANONICAL_OPSET,
+    IR_VERSION,
+    GraphBuilder,
+    ir_dtype,
+    make_shape,
+    new_model,
+)
 from portanet.ir.io import atomic_write_bytes, load_onnx, model_opset, save_onnx
 from portanet.ir.metadata import CERTIFICATE_KEY, get_json, read_metadata, set_json, set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY, nodes_by_source, source_of

@@ -14,7 +14,6 @@ from portanet.ir.metadata import FRAMEWORK_KEY, set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
 
 
-
 @register_importer
 class OnnxImporter(Importer):
     name = "onnx"
