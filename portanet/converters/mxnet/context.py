@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from portanet.converters.mxnet.symbol import Attrs, MxNode, MxSymbol
-from portanet.errors import ConversionError
+from portanet.errors import ConversionError, InvalidInputError
 from portanet.ir.builder import BATCH, GraphBuilder
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,13 @@ class Converter:
     def _input_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str] | None:
         given = self.input_shapes.get(node.name)
         if given is None and "" in self.input_shapes:
+            # a shape without a name is for a single-input model only
+            data_vars = {n.name for n in self.symbol.nodes
+                         if n.is_variable and n.name not in self.params and not n.name.endswith("_label")}
+            if len(data_vars) != 1:
+                raise InvalidInputError(
+                    f"--input-shape without a name needs a single-input model; inputs: {', '.join(sorted(data_vars))}"
+                )
             given = self.input_shapes[""]
         if given is None and node.shape and all(d > 0 for d in node.shape):
             given = list(node.shape)

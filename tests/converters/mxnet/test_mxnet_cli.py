@@ -104,3 +104,11 @@ def test_bad_inputs_exit_2_one_line_no_output(ckpt, damage, args, message):
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_unnamed_input_shape_and_run_at_other_batch(ckpt):
+    folder, feeds, ref = ckpt
+    out = folder / "u.onnx"
+    assert _convert(folder / "net-symbol.json", "-o", out, "--input-shape", "1x3x9x9").exit_code == 0
+    # converted with batch 1 in the shape, run at the reference's batch of 2
+    np.testing.assert_allclose(Session(out).run(feeds)["conv_output"], ref["conv_output"], rtol=1e-4, atol=1e-5)
