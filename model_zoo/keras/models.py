@@ -12,6 +12,7 @@ Everything is seeded: the same call builds the same weights.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -55,21 +56,25 @@ def randomize_batchnorm(model: Any, seed: int = 0) -> Any:
 
 
 def case_study_cnn(seed: int = 0) -> Any:
-    """The case-study CNN: Sequential Conv-Pool-Conv-Pool-Flatten-Dense on 28x28x1 digits."""
+    """The case-study CNN (the project's one network in five frameworks) as a Keras Sequential:
+    28x28x1 digits -> Conv-MaxPool-Conv-AvgPool-Dropout-Conv-Flatten-Dense-Dropout-Dense-Softmax."""
     keras = _keras()
     keras.utils.set_random_seed(seed)
     layers = keras.layers
     model = keras.Sequential(
         [
             keras.Input((28, 28, 1), name="image"),
-            layers.Conv2D(32, 3, activation="relu", name="conv1"),
-            layers.MaxPooling2D(2, name="pool1"),
-            layers.Conv2D(64, 3, activation="relu", name="conv2"),
-            layers.MaxPooling2D(2, name="pool2"),
-            layers.Flatten(name="flatten"),
-            layers.Dropout(0.5, name="dropout"),
-            layers.Dense(128, activation="relu", name="fc1"),
-            layers.Dense(10, activation="softmax", name="probs"),
+            layers.Conv2D(16, 3, activation="relu", name="conv1"),  # -> (26, 26, 16)
+            layers.MaxPooling2D(2, name="pool1"),  # -> (13, 13, 16)
+            layers.Conv2D(32, 4, activation="relu", name="conv2"),  # -> (10, 10, 32)
+            layers.AveragePooling2D(2, name="pool2"),  # -> (5, 5, 32)
+            layers.Dropout(0.3, name="drop1"),
+            layers.Conv2D(64, 5, activation="relu", name="conv3"),  # -> (1, 1, 64)
+            layers.Flatten(name="flatten"),  # -> (64,)
+            layers.Dense(32, activation="tanh", name="fc1"),
+            layers.Dropout(0.2, name="drop2"),
+            layers.Dense(10, name="fc2"),
+            layers.Softmax(name="prob"),
         ],
         name="case_study_cnn",
     )
@@ -132,8 +137,10 @@ def build(name: str, seed: int = 0) -> Any:
 
 
 def save_model(name: str, suffix: str = ".keras", seed: int = 0) -> Path:
-    """Build ``name`` and save it as ``<cache>/keras/<name>-s<seed><suffix>`` (reused if present)."""
-    path = cache_dir("keras") / f"{name}-s{seed}{suffix}"
+    """Build ``name`` and save it as ``<cache>/keras/<name>-s<seed>-<tag><suffix>`` (reused if present;
+    ``tag`` hashes this file, so editing a builder never reuses a stale model)."""
+    tag = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    path = cache_dir("keras") / f"{name}-s{seed}-{tag}{suffix}"
     if not path.exists():
         model = build(name, seed)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

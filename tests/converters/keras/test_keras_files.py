@@ -60,13 +60,15 @@ def test_provenance_and_names(keras_zoo) -> None:
     ir_model = portanet.convert(model)
     by_src = nodes_by_source(ir_model.graph)
     types = {n.metadata_props["portanet.source_type"] for nodes in by_src.values() for n in nodes}
-    assert {"conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "probs"} <= set(by_src)
-    assert {"Conv2D", "MaxPooling2D", "Flatten", "Dense"} <= types
+    assert {"conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "fc1", "fc2", "prob"} <= set(by_src)
+    assert {"Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Dense", "Softmax"} <= types
     assert all("portanet.source" in n.metadata_props for n in ir_model.graph)
-    # one Transpose at the image boundary (NHWC -> NCHW) and one before the Flatten
-    assert sum(n.op_type == "Transpose" for n in ir_model.graph) == 2
+    # one Transpose at the image boundary (NHWC -> NCHW); none before the Flatten of (N, 64, 1, 1)
+    assert sum(n.op_type == "Transpose" for n in ir_model.graph) == 1
     assert [v.name for v in ir_model.graph.inputs] == ["image"]
-    assert [v.name for v in ir_model.graph.outputs] == ["probs"]
+    assert [v.name for v in ir_model.graph.outputs] == ["prob"]
+    # --nchw: no Transpose at all
+    assert not any(n.op_type == "Transpose" for n in portanet.convert(model, nchw=True).graph)
 
 
 def _lambda_model():

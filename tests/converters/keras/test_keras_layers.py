@@ -117,6 +117,8 @@ CASES: dict[str, Callable[[], object]] = {
     "gap3d": lambda: seq((3, 4, 5, 2), L.GlobalAveragePooling3D()),
     # -- reshaping
     "flatten_dense": lambda: conv_then(L.Flatten(), L.Dense(4)),
+    "flatten_1x1": lambda: conv_then(L.Conv2D(5, 9), L.Flatten(), L.Dense(4)),
+    "flatten_1xw": lambda: conv_then(L.Flatten(), L.Dense(4), shape=(1, 6, 3)),
     "reshape": lambda: conv_then(L.Reshape((9, 36))),
     "reshape_infer": lambda: conv_then(L.Reshape((-1, 4))),
     "permute": lambda: conv_then(L.Permute((3, 1, 2))),

@@ -44,13 +44,13 @@ def test_runner_outputs_and_layers_match_ir(keras_zoo, nchw: bool) -> None:
     for source in (model, save_model("case_study_cnn", ".keras")):
         ref = run_reference([source], feeds, layers=layers, options={"nchw": nchw, "model": ir_model})
         want = keras_outputs(model, [x])[0]
-        np.testing.assert_allclose(ref["probs"], want, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(ref["prob"], want, rtol=RTOL, atol=ATOL)
         mine = _ir_values(ir_model, layers, [x], nchw)
         for name in layers:
             assert ref[name].shape == mine[name].shape, name
             np.testing.assert_allclose(mine[name], ref[name], rtol=RTOL, atol=ATOL)
     # conv1 is held channels-first inside the IR
-    assert ref["conv1"].shape == (2, 32, 26, 26)
+    assert ref["conv1"].shape == (2, 16, 26, 26)
 
 
 def _nested_model():
@@ -113,5 +113,5 @@ def test_prepare_loads_sources_once(keras_zoo, tmp_path) -> None:
     assert isinstance(sig, SavedModelSignature)
     x = random_inputs(model)[0]
     want = keras_outputs(model, [x])[0]
-    np.testing.assert_allclose(run_reference(loaded, {"image": x})["probs"], want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_reference(loaded, {"image": x})["prob"], want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(run_reference([sig], {"image": x})["output_0"], want, rtol=RTOL, atol=ATOL)

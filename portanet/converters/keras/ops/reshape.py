@@ -25,7 +25,13 @@ def flatten(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     else:
         # the Keras (channels-last) element order, exactly: (N, H, W, C) -> (N, H*W*C)
         order = layout.identity(rank)
-    x = ctx.get(inputs[0], order)
+    held = ctx.perm_of(inputs[0])
+    shape = inputs[0].shape
+    if [a for a in held if shape[a] != 1] == [a for a in order if shape[a] != 1]:
+        # only size-1 axes differ (e.g. (N, C, 1, 1) vs (N, 1, 1, C)): same element order, no Transpose
+        x = ctx.get(inputs[0], held)
+    else:
+        x = ctx.get(inputs[0], order)
     ctx.set(outputs[0], ctx.op("Flatten", [x], {"axis": 1}))
 
 
