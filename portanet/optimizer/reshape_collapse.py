@@ -4,6 +4,8 @@
   the identity).
 * A chain of data-order-preserving reshapes (Reshape, Squeeze, Unsqueeze, Flatten) is one
   Reshape from the chain's input to the last output shape.
+* ``Reshape(Reduce(x, keepdims=0))`` that only restores the reduced axes as 1s is
+  ``Reduce(x, keepdims=1)``.
 * A ``ReduceMean``/``Max``/``Min``/``Sum``/``Prod`` over axes of size 1 is a Squeeze (or nothing).
 * A Reshape whose target is computed at run time (``Shape -> Gather -> Concat``, the PyTorch
   ``x.view(x.size(0), -1)`` pattern) gets a constant target when the output shape is known
@@ -16,7 +18,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from portanet.optimizer._util import Namer, add_initializer, attr, const_array, new_node, replace_value
+from portanet.optimizer._util import (
+    Namer,
+    add_initializer,
+    attr,
+    const_array,
+    new_node,
+    only_consumer,
+    replace_value,
+)
 from portanet.optimizer.base import OptimizerPass, register_pass
 
 RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -123,6 +133,8 @@ class CollapseReshapes(OptimizerPass):
         src = inner.inputs[0] if chain else x
         if src is None:
             return False
+        if not chain and node.op_type == "Reshape" and self._keepdims_instead(graph, node):
+            return True
         if not chain and node.op_type != "Reshape":
             return False
         if node.op_type == "Reshape" and not chain:
@@ -144,6 +156,42 @@ class CollapseReshapes(OptimizerPass):
             graph.remove(reshape, safe=True)
             return False
         return self._drop(graph, node)
+
+    def _keepdims_instead(self, graph: ir.Graph, node: ir.Node) -> bool:
+        """``Reshape(Reduce(x, keepdims=0))`` that only puts the reduced axes back as 1s is
+        ``Reduce(x, keepdims=1)``."""
+        red = node.inputs[0].producer()
+        if red is None or red.domain != "" or not red.op_type.startswith("Reduce") or attr(red, "keepdims", 1):
+            return False
+        if only_consumer(red.outputs[0]) is not node or attr(node, "allowzero", 0):
+            return False
+        x = red.inputs[0]
+        target = const_array(node.inputs[1])
+        if x is None or x.shape is None or target is None:
+            return False
+        r = len(x.shape)
+        if len(red.inputs) > 1 and red.inputs[1] is not None:
+            axes_arr = const_array(red.inputs[1])
+            axes = None if axes_arr is None else [int(a) for a in axes_arr.reshape(-1)]
+        else:
+            axes = attr(red, "axes")
+        if not axes:
+            return False
+        reduced = {a % r for a in axes}
+        kept = [1 if i in reduced else d for i, d in enumerate(x.shape)]  # the keepdims=1 shape
+        t = [int(v) for v in target.reshape(-1)]
+        if len(t) != r or 0 in t or t.count(-1) > 1:
+            return False
+        for want, got in zip(kept, t):
+            if got == -1:
+                continue
+            if not isinstance(want, int) or want != got:
+                return False
+        if t.count(-1) == 0 and not all(isinstance(k, int) for k in kept):
+            return False
+        red.attributes["keepdims"] = ir.AttrInt64("keepdims", 1)
+        red.outputs[0].shape = node.outputs[0].shape
+        return replace_value(node.outputs[0], red.outputs[0]) and self._drop(graph, node)
 
     @staticmethod
     def _drop(graph: ir.Graph, node: ir.Node) -> bool:

@@ -6,7 +6,9 @@ whose other operands are constants (permuted to match), scalars, or Transposes w
 reductions with ``keepdims=1`` (``axes -> p[axes]``). A Transpose is moved only when, walking
 down its single-consumer chain of such ops, it reaches something that absorbs it: the
 inverse Transpose (both vanish), a second Transpose with the same ``p`` on a binary op (two
-become one), or a Reshape/Flatten feeding a MatMul/Gemm with constant weights (the
+become one), a ``keepdims=0`` reduction whose surviving axes keep their order (the reduction
+takes ``x`` with remapped axes and no Transpose is left: the NHWC global pooling of
+squeeze-and-excitation blocks), or a Reshape/Flatten feeding a MatMul/Gemm with constant weights (the
 ``gemm_input`` pass permutes the weight rows instead). Otherwise the graph is left alone.
 """
 
@@ -100,6 +102,27 @@ def _through(node: ir.Node, index: int, perm: list[int]) -> bool:
     return False
 
 
+def _reduce_axes(node: ir.Node) -> list[int] | None:
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        arr = const_array(node.inputs[1])
+        return None if arr is None else [int(a) for a in arr.reshape(-1)]
+    return attr(node, "axes")
+
+
+def _reduce_drops_transpose(node: ir.Node, perm: list[int]) -> bool:
+    """A keepdims=0 reduction of ``Transpose(x, perm)`` whose surviving axes keep their order
+    in ``x`` equals the same reduction of ``x`` over ``perm[axes]`` - no Transpose needed."""
+    if node.domain != "" or attr(node, "keepdims", 1):
+        return False
+    axes = _reduce_axes(node)
+    if not axes:
+        return False
+    r = len(perm)
+    reduced = {a % r for a in axes}
+    kept = [perm[i] for i in range(r) if i not in reduced]
+    return kept == sorted(kept)
+
+
 def _absorbs(node: ir.Node, value: ir.Value, perm: list[int]) -> bool:
     """Whether ``node`` (consuming the transposed ``value``) makes the push worthwhile."""
     p2 = _perm(node)
@@ -108,6 +131,8 @@ def _absorbs(node: ir.Node, value: ir.Value, perm: list[int]) -> bool:
     if node.op_type in BINARY:
         others = [v for v in node.inputs if v is not value]
         return any(_transposed_perm(v) == perm for v in others)
+    if node.op_type in REDUCE and _reduce_drops_transpose(node, perm):
+        return True
     if node.op_type in ("Reshape", "Flatten"):
         nxt = only_consumer(node.outputs[0])
         return nxt is not None and nxt.op_type in ("MatMul", "Gemm") and const_array(nxt.inputs[1]) is not None
@@ -132,6 +157,9 @@ class PushTransposes(OptimizerPass):
             if perm is None:
                 continue
             if not self._worthwhile(t, perm):
+                continue
+            if self._into_reduce(graph, namer, t, perm):
+                modified = True
                 continue
             new_t = self._push(graph, namer, t, perm)
             if new_t is not None:
@@ -158,6 +186,24 @@ class PushTransposes(OptimizerPass):
     def _consts_ok(self, node: ir.Node, perm: list[int]) -> bool:
         return all(self.may_rewrite(v) for v in node.inputs if v is not None and const_array(v) is not None
                    and const_array(v).ndim > 0 and _transposed_perm(v) != perm)
+
+    def _into_reduce(self, graph: ir.Graph, namer: Namer, t: ir.Node, perm: list[int]) -> bool:
+        """Fold ``t`` into a keepdims=0 reduction that consumes it directly."""
+        node = only_consumer(t.outputs[0])
+        if node is None or node.op_type not in REDUCE or node.inputs[0] is not t.outputs[0]:
+            return False
+        if not _reduce_drops_transpose(node, perm):
+            return False
+        r = len(perm)
+        axes = sorted(perm[a % r] for a in _reduce_axes(node))
+        node.replace_input_with(0, t.inputs[0])
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            node.replace_input_with(1, add_initializer(graph, namer, np.array(axes, np.int64),
+                                                       f"{node.name or 'reduce'}_axes"))
+        else:
+            set_attr(node, "axes", axes)
+        graph.remove(t, safe=True)
+        return True
 
     def _push(self, graph: ir.Graph, namer: Namer, t: ir.Node, perm: list[int]) -> ir.Node | None:
         """Move ``t`` below its single consumer; returns the new Transpose."""

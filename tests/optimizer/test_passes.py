@@ -400,3 +400,22 @@ def test_reduction_over_real_axes_stays():
     proto = make([node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)], [tensor_input("x", [N, 2, 1, 6])],
                  [("y", [N, 6])], [init("axes", np.array([1, 2], np.int64))])
     check_pass(proto, ["collapse_reshapes"], fires=False)
+
+
+def test_nhwc_global_pool_takes_the_transpose_and_keepdims_replaces_reshape():
+    # TensorFlow squeeze-and-excitation: NCHW -> NHWC, mean over H, W, reshape back to (N, C, 1, 1)
+    proto = make([node("Relu", ["x"], ["r"]), node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+                  node("ReduceMean", ["t", "axes"], ["m"], keepdims=0), node("Reshape", ["m", "shape"], ["s"]),
+                  node("Mul", ["r", "s"], ["y"])],
+                 [tensor_input("x", [N, 4, 3, 5])], [("y", [N, 4, 3, 5])],
+                 [init("axes", np.array([1, 2], np.int64)), init("shape", np.array([-1, 4, 1, 1], np.int64))])
+    model = check_pass(proto, ["push_transposes", "collapse_reshapes", "remove_unused"], fires=True)
+    assert ops(model) == {"Relu": 1, "ReduceMean": 1, "Mul": 1}
+
+
+def test_reduction_that_reorders_kept_axes_keeps_its_transpose():
+    # kept axes (H, C) of NHWC come out in a different order than in NCHW
+    proto = make([node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), node("ReduceMean", ["t", "axes"], ["y"], keepdims=0)],
+                 [tensor_input("x", [N, 4, 3, 5])], [("y", [3, 4])], [init("axes", np.array([0, 2], np.int64))])
+    model = check_pass(proto, ["push_transposes"], fires=False)
+    assert ops(model)["Transpose"] == 1
