@@ -91,7 +91,7 @@ class Converter:
         self._vars[node.name] = value
         return value
 
-    def _input_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str] | None:
+    def _input_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str]:
         given = self.input_shapes.get(node.name)
         if given is None and "" in self.input_shapes:
             # a shape without a name is for a single-input model only
@@ -109,7 +109,14 @@ class Converter:
             if self.dynamic_batch and dims and isinstance(dims[0], int):
                 dims[0] = BATCH
             return dims
-        return self._guess_shape(node, consumer)
+        guess = self._guess_shape(node, consumer)
+        if guess is None:
+            raise InvalidInputError(
+                f"{self.symbol.path}: the shape of input '{node.name}' cannot be told from the symbol "
+                f"(its first consumer is {consumer.op if consumer else 'none'}); "
+                f"pass it with --input-shape {node.name}=1x3x224x224 (your sizes)"
+            )
+        return guess
 
     def _guess_shape(self, node: MxNode, consumer: MxNode | None) -> list[int | str] | None:
         """Rank (and channels) of a data input, when no shape is given: convolution-like ops

@@ -93,13 +93,19 @@ def mxnet_python() -> Path:
     raise MissingDependencyError("mxnet==1.9.1 (side environment .venv-mxnet, `make mxnet-env`)", "all")
 
 
-def _resolve(sources: Sequence[Any], options: Mapping[str, Any] | None) -> tuple[Path, Path]:
+def _resolve(sources: Sequence[Any], options: Any) -> tuple[Path, Path]:
     from portanet.converters.mxnet.importer import find_params
 
     paths = [Path(s) for s in sources]
     symbols = [p for p in paths if p.suffix.lower() == ".json"]
     params = [p for p in paths if p.suffix.lower() == ".params"]
-    opts = dict(options or {})
+    # options: a mapping, or the ConvertOptions given to the importer
+    if options is None:
+        opts: dict[str, Any] = {}
+    elif isinstance(options, Mapping):
+        opts = dict(options)
+    else:
+        opts = {"params": getattr(options, "params", None), "epoch": getattr(options, "epoch", None)}
     if opts.get("params"):
         params = [Path(opts["params"])]
     if len(symbols) != 1:
@@ -113,7 +119,7 @@ def run_reference(
     feeds: Mapping[str, np.ndarray],
     *,
     layers: Sequence[str] | None = None,
-    options: Mapping[str, Any] | None = None,
+    options: Any = None,
 ) -> dict[str, np.ndarray]:
     """Run the checkpoint in mxnet 1.9.1 (inference mode) and return its outputs by name,
     plus ``layers``' first outputs keyed by layer name."""

@@ -112,3 +112,12 @@ def test_unnamed_input_shape_and_run_at_other_batch(ckpt):
     assert _convert(folder / "net-symbol.json", "-o", out, "--input-shape", "1x3x9x9").exit_code == 0
     # converted with batch 1 in the shape, run at the reference's batch of 2
     np.testing.assert_allclose(Session(out).run(feeds)["conv_output"], ref["conv_output"], rtol=1e-4, atol=1e-5)
+
+
+def test_input_whose_shape_cannot_be_told(mx_refs, tmp_path):
+    sym, params, _feeds, _ref = load_case(mx_refs, "split")  # data feeds SliceChannel directly
+    out = tmp_path / "split.onnx"
+    result = _convert(sym, "-o", out)
+    assert result.exit_code == 2
+    assert "pass it with --input-shape data=" in result.output and not out.exists()
+    assert _convert(sym, "-o", out, "--input-shape", "data=2x6x2").exit_code == 0
