@@ -41,15 +41,32 @@ def converted(zoo):
     return get
 
 
+#: the blob before each net's final softmax (softmax outputs are small: check the logits too)
+PRE_SOFTMAX = {"lenet": "ip2", "lenet_v1": "ip2", "caffenet": "fc8", "resnet": "fc10", "squeezenet": "pool10",
+               "misc": "flat"}
+
+
+def with_outputs(model: ir.Model, names: list[str]) -> ir.Model:
+    """A copy of ``model`` that also outputs the IR values ``names`` (Caffe blob names)."""
+    import onnx
+
+    proto = ir.serde.serialize_model(model)
+    for name in names:
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return ir.serde.deserialize_model(proto)
+
+
 @pytest.mark.parametrize("name", NETS)
 def test_zoo_net_matches_opencv(converted, name):
     proto, model, ir_model = converted(name)
-    session = Session(ir_model)
+    logits = PRE_SOFTMAX[name]
+    session = Session(with_outputs(ir_model, [logits]))
     feeds = session.random_feeds(batch=2, seed=7)
     got = session.run(feeds)
-    ref = run_reference([proto, model], feeds)
+    ref = run_reference([proto, model], feeds, layers=[logits])
     assert set(got) <= set(ref)
     _close(got, ref)
+    assert np.abs(ref[logits]).max() > 0.1  # the logits are not vanishingly small
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -205,3 +222,21 @@ def test_runner_swaps_axpy_bottoms(caffe):
     rng = np.random.default_rng(12)
     feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in inputs.items()}
     _close(Session(ir_model).run(feeds), run_reference([proto, model], feeds))
+
+
+def test_resnet50_matches_opencv(zoo):
+    """The benchmark's ResNet-50 (25.6 M parameters, 53 BatchNorm+Scale pairs) end to end;
+    the pre-softmax fc1000 blob is compared too, since 1000-way softmax outputs are tiny."""
+    proto, model = zoo("resnet50")
+    ir_model = convert_paths([proto, model])
+    assert sum(1 for n in ir_model.graph if n.op_type == "BatchNormalization") == 53
+    import onnx
+
+    proto_model = ir.serde.serialize_model(ir_model)
+    proto_model.graph.output.append(onnx.helper.make_empty_tensor_value_info("fc1000"))
+    session = Session(ir.serde.deserialize_model(proto_model))
+    feeds = session.random_feeds(batch=1, seed=13)
+    got = session.run(feeds)
+    ref = run_reference([proto, model], feeds, layers=["fc1000"])
+    np.testing.assert_allclose(got["prob"], ref["prob"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["fc1000"], ref["fc1000"], rtol=RTOL, atol=ATOL)
