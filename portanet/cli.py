@@ -168,7 +168,6 @@ def inspect(model_path: Path, as_json: bool) -> None:
       portanet inspect net.onnx --json | jq .parameters
     """
     from portanet.inspect import describe
-
     from portanet.ir.io import load_onnx
 
     info = describe(load_onnx(model_path, upgrade=False), model_path)
@@ -203,6 +202,11 @@ def _print_inspect(info: dict[str, Any]) -> None:
     prov = info["provenance"]
     con.print(f"provenance: {prov['nodes_with_provenance']}/{prov['nodes']} nodes from "
               f"{prov['source_layers']} source layers")
+    from portanet.parity.report import certificate_summary
+
+    cert_line = certificate_summary(info["metadata"].get("portanet.parity"))
+    if cert_line:
+        con.print(cert_line)
     if info["metadata"]:
         md = Table(title="Metadata")
         md.add_column("key")

@@ -180,3 +180,23 @@ class VerifyReport:
         if not self.passed:
             raise ParityError("refusing to certify a model that failed verification: " + self.summary())
         set_json(model, CERTIFICATE_KEY, self.certificate())
+
+
+def certificate_summary(cert: Any) -> str | None:
+    """One line describing a stored certificate (for ``portanet inspect``), or None."""
+    if not isinstance(cert, dict):
+        return None
+    errs = [o.get("max_abs") for per_inputs in cert.get("outputs", {}).values()
+            for per_output in per_inputs.values() for o in per_output.values()]
+    worst = max((e for e in errs if isinstance(e, int | float)), default=0.0)
+    tol = cert.get("tolerance", {})
+    shapes = cert.get("inputs", {}).get("shapes", [])
+    grads = cert.get("gradients")
+    text = (f"parity certificate: {'passed' if cert.get('passed') else 'FAILED'} against "
+            f"{cert.get('framework', '?')} on {', '.join(cert.get('outputs', {})) or 'no backend'}, "
+            f"{len(shapes)} input set(s) ({cert.get('inputs', {}).get('kind', '?')}, seed "
+            f"{cert.get('inputs', {}).get('seed', '?')}), worst max abs err {worst:.3g} "
+            f"(rtol {tol.get('rtol', '?')}, atol {tol.get('atol', '?')})")
+    if isinstance(grads, dict):
+        text += f", gradients of {grads.get('parameters')} parameters checked"
+    return text + f", {cert.get('verified_at', '')}"

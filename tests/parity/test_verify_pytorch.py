@@ -57,6 +57,8 @@ def test_verify_cli_pt2_writes_certificate_and_json(resnet18, tmp_path):
     assert cert["outputs"]["ort"]["x 3x3x64x64"]["linear"]["max_abs"] < 1e-5
     shown = CliRunner().invoke(cli, ["inspect", str(out), "--json"])
     assert json.loads(shown.output)["metadata"][CERTIFICATE_KEY]["passed"] is True
+    shown = CliRunner().invoke(cli, ["inspect", str(out)], terminal_width=200)
+    assert "parity certificate: passed against pytorch on ort, torch, 2 input set(s)" in shown.output
 
 
 def test_corrupted_layer_fails_and_bisect_names_it(resnet18, tmp_path, corrupt):

@@ -41,7 +41,7 @@ def load_module(sources: Any, options: Mapping[str, Any] | None = None) -> Any:
     if isinstance(sources, torch.nn.Module):
         return sources.eval()
     if isinstance(sources, torch.export.ExportedProgram):
-        return torch.export.unflatten(sources)
+        return _unflatten(sources)
     from portanet.converters.pytorch.loading import load_source
 
     paths = [Path(p) for p in (sources if isinstance(sources, list | tuple) else [sources])]
@@ -50,8 +50,18 @@ def load_module(sources: Any, options: Mapping[str, Any] | None = None) -> Any:
         raise InvalidInputError(f"PyTorch reference needs one model file, got {', '.join(map(str, paths))}")
     obj = load_source(files[0], _options(options))
     if isinstance(obj, torch.export.ExportedProgram):
-        return torch.export.unflatten(obj)
+        return _unflatten(obj)
     return obj.eval()
+
+
+def _unflatten(program: Any) -> Any:
+    """An ExportedProgram as a module tree (so submodules can be hooked by path)."""
+    import warnings
+
+    torch = require("torch")
+    with warnings.catch_warnings():  # torch warns about its own deprecated pytree classes
+        warnings.simplefilter("ignore")
+        return torch.export.unflatten(program)
 
 
 def _first_tensor(out: Any) -> Any:
