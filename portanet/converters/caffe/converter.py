@@ -28,7 +28,6 @@ from portanet.ir.builder import BATCH, GraphBuilder
 log = logging.getLogger(__name__)
 
 PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
-WEIGHTS_SUFFIXES = (".caffemodel", ".binaryproto")
 #: layer types the converter itself handles (not through the handler table)
 _BUILTIN = {"Input"}
 
@@ -110,20 +109,16 @@ class _Converter:
                 last[t] = i
         return last
 
-    def _readers(self) -> tuple[dict[tuple[str, int], list[int]], dict[int, dict[str, int]]]:
-        """Blob versions: (blob, writer index; -1 = graph input) -> reader layer indices."""
+    def _readers(self) -> dict[tuple[str, int], list[int]]:
+        """Blob versions: (blob, writer layer index; -1 = graph input) -> reader layer indices."""
         version: dict[str, int] = {spec.name: -1 for spec in self.deploy.inputs}
         readers: dict[tuple[str, int], list[int]] = {}
-        read_versions: dict[int, dict[str, int]] = {}
         for i, layer in enumerate(self.deploy.layers):
-            read_versions[i] = {}
             for bt in layer.bottoms:
-                key = (bt, version.get(bt, -1))
-                readers.setdefault(key, []).append(i)
-                read_versions[i][bt] = key[1]
+                readers.setdefault((bt, version.get(bt, -1)), []).append(i)
             for t in layer.tops:
                 version[t] = i
-        return readers, read_versions
+        return readers
 
     def _fusions(self, readers: dict[tuple[str, int], list[int]]) -> dict[int, int]:
         """BatchNorm index -> Scale index for pairs that become one BatchNormalization."""
@@ -135,7 +130,7 @@ class _Converter:
             if layer.type != "BatchNorm" or len(layer.tops) != 1:
                 continue
             users = readers.get((layer.tops[0], i), [])
-            if len(users) == 1 and can_fuse_scale(layer, layers[users[0]], 4):
+            if len(users) == 1 and can_fuse_scale(layer, layers[users[0]]):
                 out[i] = users[0]
         return out
 
@@ -157,7 +152,7 @@ class _Converter:
         for blob in last:
             if blob not in input_names:
                 b.unique_value_name(blob)
-        readers, _ = self._readers()
+        readers = self._readers()
         fusions = self._fusions(readers)
         pending_bn: dict[int, Layer] = {}
         consumed: set[tuple[str, int]] = {k for k in readers}

@@ -130,12 +130,12 @@ def _fused_bn_scale(ctx: Ctx, bn: Layer) -> ir.Value:
     return _bn_node(ctx, bn, gamma, beta, "")
 
 
-def can_fuse_scale(bn: Layer, scale_layer: Layer, rank: int) -> bool:
-    """True if ``scale_layer`` is a per-channel affine that can join ``bn``."""
-    if scale_layer.type != "Scale" or len(scale_layer.bottoms) != 1 or rank < 2:
+def can_fuse_scale(bn: Layer, scale_layer: Layer) -> bool:
+    """True if ``scale_layer`` is a per-channel (axis 1) affine that can join ``bn``."""
+    if scale_layer.type != "Scale" or len(scale_layer.bottoms) != 1:
         return False
     p = scale_layer.param.scale_param
-    if p.axis not in (1, 1 - rank) or p.num_axes != 1:
+    if p.axis != 1 or p.num_axes != 1:
         return False
     bp = bn.param.batch_norm_param
     return not (bp.HasField("use_global_stats") and not bp.use_global_stats)
