@@ -19,6 +19,8 @@ CONV = [
     ("conv_nobias_stride", "convolution_param { num_output: 4 kernel_size: 2 stride: 2 bias_term: false }",
      (2, 3, 8, 8)),
     ("conv_1x1", "convolution_param { num_output: 7 kernel_size: 1 }", (2, 5, 4, 4)),
+    ("conv_repeated_per_axis", "convolution_param { num_output: 3 kernel_size: 3 kernel_size: 2 pad: 1 pad: 0 "
+     "stride: 2 stride: 1 }", (2, 3, 7, 6)),
 ]
 DECONV = [
     ("deconv_k4_s2_p1", "convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 }", (2, 4, 5, 5)),
