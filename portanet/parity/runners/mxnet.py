@@ -56,9 +56,8 @@ extra = []
 for layer in req["layers"]:
     cands = [layer + "_output", layer + "_output0", layer]
     found = next((c for c in cands if c in names), None)
-    if found is None:
-        raise SystemExit("mxnet: no internal output for layer '%s'" % layer)
-    extra.append((layer, found))
+    if found is not None:  # layers mxnet has no output for are left out
+        extra.append((layer, found))
 group = mx.sym.Group([sym] + [internals[f] for _, f in extra]) if extra else sym
 shapes = {k: v.shape for k, v in feeds.items()}
 arg_shapes, _, aux_shapes = group.infer_shape(**shapes)
@@ -104,6 +103,10 @@ def _resolve(sources: Sequence[Any], options: Any) -> tuple[Path, Path]:
         opts: dict[str, Any] = {}
     elif isinstance(options, Mapping):
         opts = dict(options)
+        conv = opts.get("convert_options")
+        if conv is not None:
+            opts.setdefault("params", getattr(conv, "params", None))
+            opts.setdefault("epoch", getattr(conv, "epoch", None))
     else:
         opts = {"params": getattr(options, "params", None), "epoch": getattr(options, "epoch", None)}
     if opts.get("params"):
