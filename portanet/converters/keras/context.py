@@ -24,11 +24,11 @@ def static_shape(tensor: Any) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) else None for d in tensor.shape)
 
 
-def to_numpy(variable: Any) -> np.ndarray:
-    """A Keras variable (or tensor) as a numpy array."""
+def to_numpy(variable: Any, dtype: Any = None) -> np.ndarray:
+    """A Keras variable (or tensor) as a numpy array (converted to ``dtype`` only if it differs)."""
     if hasattr(variable, "numpy"):
-        return np.asarray(variable.numpy())
-    return np.asarray(variable)
+        return np.asarray(variable.numpy(), dtype=dtype)
+    return np.asarray(variable, dtype=dtype)
 
 
 class KerasContext:

@@ -195,7 +195,17 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
         value.name = name
         b.outputs.append(value)
     extra = {"portanet.keras.layouts": _layouts_json(ctx.layer_perms)}
-    return b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra)
+    model_ir = b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra, infer=False)
+    return _infer_shapes(model_ir)
+
+
+def _infer_shapes(model: ir.Model) -> ir.Model:
+    """ONNX shape inference with the weights held aside (onnx_ir's pass strips large
+    initializers before calling onnx), so big models are not serialized with their weights."""
+    from onnx_ir.passes.common.shape_inference import ShapeInferencePass
+
+    ShapeInferencePass(check_type=True, strict_mode=False, data_prop=True)(model)
+    return model
 
 
 def _layouts_json(perms: dict[str, layout.Perm]) -> str:

@@ -203,7 +203,7 @@ def softmax_layer(ctx: KerasContext, layer: Any, inputs: list, outputs: list) ->
 @HANDLERS.register("PReLU")
 def prelu_layer(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     x, perm = ctx.get_any(inputs[0])
-    alpha = to_numpy(layer.alpha).astype(np.float32)  # input_shape[1:] with 1 on shared axes
+    alpha = to_numpy(layer.alpha, np.float32)  # input_shape[1:] with 1 on shared axes
     # (1, *alpha.shape) transposed like the IR value, then the batch axis dropped
     slope = np.transpose(alpha.reshape((1, *alpha.shape)), perm)[0]
     ctx.set(outputs[0], ctx.op("PRelu", [x, ctx.weight(layer, "alpha", slope)]), perm)

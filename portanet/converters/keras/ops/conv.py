@@ -69,7 +69,7 @@ def _conv_input(ctx: KerasContext, layer: Any, tensor: Any, n_spatial: int) -> t
 def _kernel_to_onnx(kernel: np.ndarray) -> np.ndarray:
     """(*k, in/groups, out) -> (out, in/groups, *k)."""
     n = kernel.ndim
-    return np.ascontiguousarray(np.transpose(kernel, (n - 1, n - 2, *range(n - 2))))
+    return np.transpose(kernel, (n - 1, n - 2, *range(n - 2)))  # made contiguous by the builder
 
 
 def _conv(ctx: KerasContext, layer: Any, x: ir.Value, w: ir.Value, b: ir.Value | None, tensor: Any,
@@ -94,11 +94,11 @@ def _finish(ctx: KerasContext, layer: Any, y: ir.Value, perm: layout.Perm, outpu
 def conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
     x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
-    kernel = to_numpy(layer.kernel).astype(np.float32)
+    kernel = to_numpy(layer.kernel, np.float32)
     if kernel.ndim != n + 2:
         raise ConversionError(f"expected {n + 2}-D kernel, received {kernel.shape}")
     w = ctx.weight(layer, "kernel", _kernel_to_onnx(kernel))
-    b = ctx.weight(layer, "bias", to_numpy(layer.bias).astype(np.float32)) if layer.use_bias else None
+    b = ctx.weight(layer, "bias", to_numpy(layer.bias, np.float32)) if layer.use_bias else None
     y = _conv(ctx, layer, x, w, b, inputs[0], _tuple(layer.kernel_size, n), _tuple(layer.strides, n),
               _tuple(layer.dilation_rate, n), int(layer.groups), layer.padding)
     _finish(ctx, layer, y, perm, outputs)
@@ -117,10 +117,10 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 def depthwise_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
     x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
-    kernel = to_numpy(layer.kernel).astype(np.float32)
+    kernel = to_numpy(layer.kernel, np.float32)
     cin = kernel.shape[-2]
     w = ctx.weight(layer, "kernel", _depthwise_kernel(kernel))
-    b = ctx.weight(layer, "bias", to_numpy(layer.bias).astype(np.float32)) if layer.use_bias else None
+    b = ctx.weight(layer, "bias", to_numpy(layer.bias, np.float32)) if layer.use_bias else None
     y = _conv(ctx, layer, x, w, b, inputs[0], _tuple(layer.kernel_size, n), _tuple(layer.strides, n),
               _tuple(layer.dilation_rate, n), cin, layer.padding)
     _finish(ctx, layer, y, perm, outputs)
@@ -130,13 +130,13 @@ def depthwise_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -
 def separable_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
     x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
-    dk = to_numpy(layer.depthwise_kernel).astype(np.float32)
-    pk = to_numpy(layer.pointwise_kernel).astype(np.float32)  # (*1, in*mult, out)
+    dk = to_numpy(layer.depthwise_kernel, np.float32)
+    pk = to_numpy(layer.pointwise_kernel, np.float32)  # (*1, in*mult, out)
     dw = ctx.weight(layer, "depthwise_kernel", _depthwise_kernel(dk))
     y = _conv(ctx, layer, x, dw, None, inputs[0], _tuple(layer.kernel_size, n), _tuple(layer.strides, n),
               _tuple(layer.dilation_rate, n), dk.shape[-2], layer.padding)
     pw = ctx.weight(layer, "pointwise_kernel", _kernel_to_onnx(pk))
-    b = ctx.weight(layer, "bias", to_numpy(layer.bias).astype(np.float32)) if layer.use_bias else None
+    b = ctx.weight(layer, "bias", to_numpy(layer.bias, np.float32)) if layer.use_bias else None
     ones = [1] * n
     y = ctx.op("Conv", [y, pw] + ([b] if b is not None else []),
                {"kernel_shape": ones, "strides": ones, "pads": [0] * (2 * n)})
@@ -147,10 +147,10 @@ def separable_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -
 def conv_transpose(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
     x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
-    kernel = to_numpy(layer.kernel).astype(np.float32)  # (*k, out, in)
+    kernel = to_numpy(layer.kernel, np.float32)  # (*k, out, in)
     # ONNX ConvTranspose wants (in, out, *k)
     w = ctx.weight(layer, "kernel", np.ascontiguousarray(np.transpose(kernel, (n + 1, n, *range(n)))))
-    b = ctx.weight(layer, "bias", to_numpy(layer.bias).astype(np.float32)) if layer.use_bias else None
+    b = ctx.weight(layer, "bias", to_numpy(layer.bias, np.float32)) if layer.use_bias else None
     ks, st, dl = _tuple(layer.kernel_size, n), _tuple(layer.strides, n), _tuple(layer.dilation_rate, n)
     in_sizes = spatial_dims(inputs[0], layer.data_format)
     out_sizes = spatial_dims(outputs[0], layer.data_format)

@@ -31,12 +31,12 @@ def identity(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None
 def dense(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     # Dense contracts Keras' last axis: (..., in) @ (in, out); needs the Keras order
     x = ctx.get(inputs[0])
-    kernel = to_numpy(layer.kernel).astype(np.float32)
+    kernel = to_numpy(layer.kernel, np.float32)
     if kernel.ndim != 2:
         raise ConversionError(f"expected a 2-D kernel, received {kernel.shape}")
     y = ctx.op("MatMul", [x, ctx.weight(layer, "kernel", kernel)])
     if layer.use_bias:
-        y = ctx.op("Add", [y, ctx.weight(layer, "bias", to_numpy(layer.bias).astype(np.float32))])
+        y = ctx.op("Add", [y, ctx.weight(layer, "bias", to_numpy(layer.bias, np.float32))])
     rank = len(outputs[0].shape)
     y = apply_to_output(ctx, layer.activation, y, layout.identity(rank))
     ctx.set(outputs[0], y)
@@ -47,7 +47,7 @@ def embedding(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> Non
     ids = ctx.get(inputs[0])
     if str(inputs[0].dtype) not in ("int64",):
         ids = ctx.op("Cast", [ids], {"to": 7})  # INT64; Keras casts float ids to int as well
-    table = to_numpy(layer.embeddings).astype(np.float32)
+    table = to_numpy(layer.embeddings, np.float32)
     ctx.set(outputs[0], ctx.op("Gather", [ctx.weight(layer, "embeddings", table), ids], {"axis": 0}))
 
 

@@ -34,10 +34,10 @@ def batch_norm(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> No
         raise ConversionError(f"expected one normalized axis, received {axes}")
     if getattr(layer, "renorm", False):
         raise ConversionError("batch renormalization is not supported")
-    mean = to_numpy(layer.moving_mean).astype(np.float32)
-    var = to_numpy(layer.moving_variance).astype(np.float32)
-    gamma = to_numpy(layer.gamma).astype(np.float32) if layer.scale else np.ones_like(mean)
-    beta = to_numpy(layer.beta).astype(np.float32) if layer.center else np.zeros_like(mean)
+    mean = to_numpy(layer.moving_mean, np.float32)
+    var = to_numpy(layer.moving_variance, np.float32)
+    gamma = to_numpy(layer.gamma, np.float32) if layer.scale else np.ones_like(mean)
+    beta = to_numpy(layer.beta, np.float32) if layer.center else np.zeros_like(mean)
     perm = _image_perm(rank, axes[0]) if rank >= 2 else layout.identity(rank)
     # the layer's own input perm is used when it already puts the axis at 1 (no Transpose)
     cur = ctx.perm_of(inputs[0])
@@ -70,7 +70,7 @@ def layer_norm(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> No
     order = [axes.index(perm[a]) for a in ir_axes]
 
     def param(var: Any, default: float) -> np.ndarray:
-        arr = to_numpy(var).astype(np.float32) if var is not None else np.full(norm_shape, default, np.float32)
+        arr = to_numpy(var, np.float32) if var is not None else np.full(norm_shape, default, np.float32)
         return np.ascontiguousarray(np.transpose(arr.reshape(norm_shape), order))
 
     gamma = param(layer.gamma if layer.scale else None, 1.0)
