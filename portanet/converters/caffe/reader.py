@@ -45,7 +45,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
 
 def looks_like_text(data: bytes) -> bool:
     """True if ``data`` starts like a text prototxt rather than a binary caffemodel."""
-    head = data[:4096]
+    head = data[:4096].removeprefix(b"\xef\xbb\xbf")  # editors on Windows add a UTF-8 BOM
     if b"\x00" in head:
         return False
     return bool(_TEXT_START.match(head))
@@ -75,7 +75,7 @@ def read_prototxt(path: Path) -> Any:
     if not looks_like_text(data):
         raise InvalidModelError(f"{path}: not a text prototxt (binary content; is it a .caffemodel?)")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidModelError(f"{path}: not a text prototxt (not UTF-8 at byte {exc.start})") from exc
     return parse_prototxt_text(text, where=str(path))

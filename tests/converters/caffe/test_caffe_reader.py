@@ -187,3 +187,12 @@ def test_in_place_layer_on_an_input(tmp_path):
     assert out.startswith("data") and out != "data"
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(Session(model).run({"data": x})[out], -x)
+
+
+def test_prototxt_with_bom_and_crlf(tmp_path, zoo):
+    proto, model = zoo("lenet")
+    windows = tmp_path / "deploy.prototxt"
+    windows.write_bytes(b"\xef\xbb\xbf" + proto.read_text().replace("\n", "\r\n").encode())
+    a, b = convert_paths([windows, model]), convert_paths([proto, model])
+    feeds = Session(a).random_feeds(seed=1)
+    np.testing.assert_array_equal(Session(a).run(feeds)["prob"], Session(b).run(feeds)["prob"])
