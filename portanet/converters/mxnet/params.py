@@ -18,8 +18,8 @@ by MXNet 0.10 and earlier, the array's rank itself:
 Sparse storage (stype 1 row_sparse, 2 csr) is refused with a clear error. The context is
 ignored (GPU records load as host data). Every size is checked against the bytes left in
 the file before anything is allocated, so a truncated or corrupt file fails with
-``InvalidModelError`` instead of a huge allocation. Arrays are read-only views into the
-file's bytes (no second copy of the weights).
+``InvalidModelError`` instead of a huge allocation. Arrays are views into the file's bytes
+(no second copy of the weights); they are writable when read from a file.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ class _Reader:
         return out
 
 
-def read_ndarray_list(path: str | os.PathLike[str] | None = None, *, data: bytes | None = None) -> NDArrayList:
+def read_ndarray_list(
+    path: str | os.PathLike[str] | None = None, *, data: bytes | bytearray | None = None
+) -> NDArrayList:
     """Read every array and name of an ``mx.nd.save`` file (or of ``data`` bytes)."""
     where = str(path) if path is not None else "<bytes>"
     if data is None:
@@ -125,7 +127,10 @@ def read_ndarray_list(path: str | os.PathLike[str] | None = None, *, data: bytes
         p = Path(path)
         if not p.is_file():
             raise InvalidModelError(f"{p}: no such .params file")
-        data = p.read_bytes()
+        # a bytearray filled in place: the arrays are writable views, with no second copy
+        data = bytearray(p.stat().st_size)
+        with open(p, "rb") as f:
+            f.readinto(data)
     r = _Reader(data, where)
     if r.left < 24:
         raise InvalidModelError(f"{where}: not an MXNet .params file ({len(r.buf)} bytes, the header alone is 24)")
@@ -219,6 +224,8 @@ def _read_record(r: _Reader, index: int) -> tuple[np.ndarray | None, str]:
     nbytes = count * dtype.itemsize
     raw = r.take(nbytes, f"{what} data ({shape} {dtype.name})")
     arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    if not arr.flags.aligned:  # records are packed; consumers may need natural alignment
+        arr = arr.copy()
     return arr, version
 
 
