@@ -194,6 +194,12 @@ def _downgrade_rewrite(node: onnx.NodeProto, inits: dict, target: int, where: st
         # num_outputs means when the dimension divides evenly (ORT checks that at run time).
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "num_outputs"}
         new = helper.make_node("Split", list(node.input[:1]), list(node.output), name=node.name, **attrs)
+    elif node.op_type == "BatchNormalization" and target < 14 and len(node.output) == 1:
+        # inference-mode BatchNormalization (one output, training_mode 0) is the same in BN-9
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.pop("training_mode", 0):
+            return None
+        new = helper.make_node("BatchNormalization", list(node.input), list(node.output), name=node.name, **attrs)
     else:
         return None
     new.metadata_props.extend(node.metadata_props)
