@@ -113,6 +113,8 @@ CASES: list[Case] = [
         _d(S), kernel=(3, 3), num_filter=6, num_group=3, dilate=(2, 2), no_bias=True, name="conv"), {"data": (2, 6, 11, 11)}),
     Case("conv2d_depthwise", lambda S: S.Convolution(_d(S), kernel=(3, 3), num_filter=4, num_group=4, pad=(1, 1), name="conv"),
          {"data": (1, 4, 7, 7)}),
+    Case("conv2d_v1", lambda S: S.Convolution_v1(_d(S), kernel=(3, 3), num_filter=4, pad=(1, 1), stride=(2, 2),
+                                                 name="conv"), {"data": (2, 3, 9, 9)}),
     Case("conv1d", lambda S: S.Convolution(_d(S), kernel=(3,), num_filter=4, stride=(2,), pad=(1,), name="conv"),
          {"data": (2, 3, 10)}),
     Case("conv3d", lambda S: S.Convolution(_d(S), kernel=(2, 3, 3), num_filter=3, pad=(1, 1, 1), name="conv"),
@@ -150,6 +152,8 @@ CASES: list[Case] = [
     Case("bn_nofix", lambda S: S.BatchNorm(_d(S), fix_gamma=False, eps=1e-5, name="bn"), {"data": (2, 4, 3, 3)}),
     Case("bn_axis_last", lambda S: S.BatchNorm(_d(S), fix_gamma=False, axis=-1, name="bn"), {"data": (2, 3, 6)}),
     Case("bn_2d", lambda S: S.BatchNorm(_d(S), fix_gamma=False, name="bn"), {"data": (4, 5)}),
+    Case("bn_v1", lambda S: S.BatchNorm_v1(_d(S), name="bn"), {"data": (2, 4, 3, 3)}),
+    Case("bn_v1_nofix", lambda S: S.BatchNorm_v1(_d(S), fix_gamma=False, eps=1e-4, name="bn"), {"data": (2, 4, 3, 3)}),
     Case("instancenorm", lambda S: S.InstanceNorm(_d(S), name="inorm"), {"data": (2, 3, 4, 4)}),
     # FullyConnected
     Case("fc_flatten", lambda S: S.FullyConnected(_d(S), num_hidden=5, name="fc"), {"data": (2, 3, 4, 4)}),

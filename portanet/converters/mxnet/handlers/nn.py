@@ -46,7 +46,7 @@ def _check_weight(n: NodeCtx, index: int, expected: tuple[int | None, ...], what
         )
 
 
-@HANDLERS.register("Convolution")
+@HANDLERS.register("Convolution", "Convolution_v1")
 def convolution(n: NodeCtx) -> ir.Value:
     a = n.attrs
     kernel, stride, dilate, pad = _window(n)
@@ -173,7 +173,7 @@ def _to_axis1(n: NodeCtx, x: ir.Value, axis: int) -> tuple[ir.Value, list[int] |
     return n.op("Transpose", [x], {"perm": perm}), inverse
 
 
-@HANDLERS.register("BatchNorm", "BatchNorm_v1", "_contrib_SyncBatchNorm")
+@HANDLERS.register("BatchNorm", "BatchNorm_v1")
 def batchnorm(n: NodeCtx) -> ir.Value:
     a = n.attrs
     x = n.input(0)
@@ -264,7 +264,10 @@ def upsampling(n: NodeCtx) -> ir.Value:
     if sample_type == "bilinear":
         # a grouped deconvolution with the stored (usually bilinear-initialised) weight
         x = n.input(0)
-        num_filter = a.int("num_filter", None) or _channels(n)
+        w = n.array(1)
+        num_filter = a.int("num_filter", None) or (int(w.shape[0]) if w is not None else None)
+        if not num_filter:
+            raise ConversionError("bilinear UpSampling needs num_filter or a stored weight")
         k = 2 * scale - scale % 2
         p = math.ceil((scale - 1) / 2)
         _check_weight(n, 1, (num_filter, 1, k, k), "bilinear weights")
