@@ -41,8 +41,8 @@ def test_keras_verify_passes_and_gradients_match(keras_cnn):
     assert report.passed, report.summary()
     assert {r.backend for r in report.results} == {"ort", "torch"}
     g = report.gradients
-    assert len(g.params) == 8 and not g.unmatched  # 4 layers x (kernel, bias)
-    assert g.params["conv2/kernel"][1].shape == [64, 32, 3, 3]  # compared in the IR's OIHW layout
+    assert len(g.params) == 10 and not g.unmatched  # 3 convs + 2 dense layers x (kernel, bias)
+    assert g.params["conv2/kernel"][1].shape == [32, 16, 4, 4]  # compared in the IR's OIHW layout
 
 
 def test_keras_tampered_gradient_is_caught(keras_cnn):
@@ -52,7 +52,7 @@ def test_keras_tampered_gradient_is_caught(keras_cnn):
     model = portanet.convert(keras_cnn)
     keras_model = load_keras_file(keras_cnn)
     feeds = {"image": np.random.default_rng(0).standard_normal((3, 28, 28, 1)).astype(np.float32)}
-    targets = target_for({"probs": np.zeros((3, 10), np.float32)}, 0)
+    targets = target_for({model.graph.outputs[0].name: np.zeros((3, 10), np.float32)}, 0)
     loss_src, params = keras_gradients(keras_model, feeds, targets, nchw=False)
     loss_ir, grads, values = ir_gradients(model, feeds, targets)
     clean = compare_gradients(model, params, loss_src, loss_ir, grads, values, rtol=1e-4, atol=1e-5)
