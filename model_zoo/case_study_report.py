@@ -174,7 +174,7 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
             parts.append(
                 f"\n## Fine-tuning a converted model\n\nThe converted {f['framework']} model was fine-tuned with "
                 f"portanet's Trainer (torch backend; {f['epochs']} epoch, {f['train_samples']} images, SGD lr "
-                f"{f['lr']}) and exported to ONNX again (`{f['onnx']}`). Test accuracy on ONNX Runtime: "
+                f"{f['lr']:.4g}) and exported to ONNX again (`{f['onnx']}`). Test accuracy on ONNX Runtime: "
                 f"{_pct(f['accuracy_before'])} before, {_pct(f['accuracy_after'])} after.\n")
         else:
             parts.append(f"\n## Fine-tuning a converted model\n\n{f['status']}\n")
@@ -250,10 +250,11 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
     ax.set_title("test accuracy")
     ax.set_ylabel("%")
     ax.set_xticks(xs, names, rotation=20)
-    ax.legend(fontsize=8, loc="lower right")
+    # below the bars: with accuracies near 100% any corner of the panel is taken
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(series))
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
 
 
