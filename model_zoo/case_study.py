@@ -291,11 +291,17 @@ def finetune(ctx: Context, key: str, train_samples: int | None, on_batch: Callab
     trainer.fit(splits, callback=callback)
     dst = ctx.out / "models" / f"{key}-finetuned.onnx"
     portanet.save(trainer.export(), dst)
+    trainer.write_log(dst.with_suffix(".train.json"))
     after = nets.accuracy(run_backend(portanet.load(dst), "ort", ctx.digits.x_test), ctx.digits.y_test)
     return {"status": "ok", "framework": CASES[key].title, "epochs": 1, "train_samples": len(train), "lr": lr,
             "accuracy_before": before, "accuracy_after": after,
             "trainer_test_accuracy": trainer.history[-1].get("test_accuracy"),
-            "onnx": str(dst.relative_to(ctx.out))}
+            "onnx": str(dst.relative_to(ctx.out)),
+            # the same run from the command line (the CLI drives the same Trainer)
+            "command": f"portanet train models/{key}.onnx -o models/{key}-finetuned.onnx --epochs 1 "
+                       f"--batch-size {cfg.batch_size} --lr {lr:.4g} --momentum {cfg.momentum} "
+                       f"--mean {nets.MEAN} --std {nets.STD} --seed {cfg.seed}"
+                       + (f"  (on the first {len(train)} training images)" if train_samples else "")}
 
 
 # ----------------------------------------------------------------------------------- driver

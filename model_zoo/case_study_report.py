@@ -175,7 +175,8 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
                 f"\n## Fine-tuning a converted model\n\nThe converted {f['framework']} model was fine-tuned with "
                 f"portanet's Trainer (torch backend; {f['epochs']} epoch, {f['train_samples']} images, SGD lr "
                 f"{f['lr']:.4g}) and exported to ONNX again (`{f['onnx']}`). Test accuracy on ONNX Runtime: "
-                f"{_pct(f['accuracy_before'])} before, {_pct(f['accuracy_after'])} after.\n")
+                f"{_pct(f['accuracy_before'])} before, {_pct(f['accuracy_after'])} after. "
+                f"The same from the command line:\n\n    {f['command']}\n")
         else:
             parts.append(f"\n## Fine-tuning a converted model\n\n{f['status']}\n")
     notes = [f"- {r.title}: {n}" for r in result.rows for n in r.notes]
