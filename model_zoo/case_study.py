@@ -269,7 +269,7 @@ def finetune(ctx: Context, key: str, train_samples: int | None, on_batch: Callab
     """Fine-tune the converted model of ``key`` with portanet's Trainer for one epoch, export it
     to ONNX again and measure ONNX Runtime test accuracy before and after."""
     import portanet
-    from portanet.data import DataSplits
+    from portanet.data import DEFAULT_DATA, DataSplits
     from portanet.runtime.trainer import TrainConfig, Trainer
 
     src = ctx.out / "models" / f"{key}.onnx"
@@ -301,6 +301,7 @@ def finetune(ctx: Context, key: str, train_samples: int | None, on_batch: Callab
             "command": f"portanet train models/{key}.onnx -o models/{key}-finetuned.onnx --epochs 1 "
                        f"--batch-size {cfg.batch_size} --lr {lr:.4g} --momentum {cfg.momentum} "
                        f"--mean {nets.MEAN} --std {nets.STD} --seed {cfg.seed}"
+                       + ("" if Path(raw.path) == DEFAULT_DATA else f" --data {raw.path}")
                        + (f"  (on the first {len(train)} training images)" if train_samples else "")}
 
 
