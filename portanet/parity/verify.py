@@ -60,26 +60,24 @@ def detect_framework(sources: Sequence[Any], framework: str | None) -> str:
     return detect([Path(p) for p in sources]).name
 
 
-def _available_backends(requested: Sequence[str] | None, model: ir.Model, device: str) -> tuple[list[str], dict[str, str]]:
-    """Backends to compare; defaults that cannot run this model here are skipped with a reason,
-    explicitly requested ones must work (their error ends the run)."""
+def _open_backends(requested: Sequence[str] | None, model: ir.Model, device: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Sessions of the backends to compare. Defaults that cannot run this model here are
+    skipped with a reason; explicitly requested ones must work (their error ends the run)."""
     from portanet.runtime.session import Session, available_backends
 
     if requested:
         unknown = [b for b in requested if b not in available_backends()]
         if unknown:
             raise InvalidInputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(available_backends())}")
-        return list(requested), {}
-    chosen, skipped = [], {}
+        return {b: Session(model, backend=b, device=device) for b in requested}, {}
+    sessions, skipped = {}, {}
     for b in DEFAULT_BACKENDS:
         try:
-            Session(model, backend=b, device=device)
+            sessions[b] = Session(model, backend=b, device=device)
         except PortanetError as exc:
             skipped[b] = str(exc)
             log.warning("backend %s skipped: %s", b, exc)
-            continue
-        chosen.append(b)
-    return chosen, skipped
+    return sessions, skipped
 
 
 def _feed_sets(model: ir.Model, inputs: Mapping[str, Any] | None, data: Any, shapes: Any, seed: int) -> list[FeedSet]:
@@ -189,7 +187,8 @@ def verify_model(
         ref_sources = prepare(srcs, options)
 
     feed_sets = _feed_sets(model, inputs, data, shapes, seed)
-    chosen, skipped = _available_backends(backends, model, device)
+    sessions, skipped = _open_backends(backends, model, device)
+    chosen = list(sessions)
     if not chosen:
         raise InvalidInputError("no backend can run this model here: "
                                 + "; ".join(f"{b}: {why}" for b, why in skipped.items()))
@@ -203,9 +202,6 @@ def verify_model(
         tools=tool_versions(fw, chosen),
         skipped_backends=skipped,
     )
-    from portanet.runtime.session import Session
-
-    sessions = {b: Session(model, backend=b, device=device) for b in chosen}
     first_failure: tuple[str, FeedSet] | None = None
     for fs in feed_sets:
         ref, _ = run_reference(fw, ref_sources, fs.feeds, output_names=output_names, options=options)

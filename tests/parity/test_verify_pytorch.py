@@ -159,3 +159,16 @@ def test_not_an_onnx_file_exit_2(tmp_path):
     bad.write_bytes(b"garbage")
     res = CliRunner().invoke(cli, ["verify", str(save_pt2("lenet5")), "--onnx", str(bad)])
     assert res.exit_code == 2 and "x.onnx" in res.output
+
+
+def test_convert_verify_certifies_state_dict(tmp_path):
+    """`convert --verify` reads the conversion options (model class, input shape) back from
+    the converted model to run the source the same way."""
+    path = tmp_path / "lenet.pth"
+    torch.save(build("lenet5").state_dict(), path)
+    out = tmp_path / "lenet.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(path), "--model-class", "model_zoo.pytorch:LeNet5",
+                                   "--input-shape", "1x1x32x32", "-O", "0", "--verify", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    cert = json.loads(portanet.load(out).metadata_props[CERTIFICATE_KEY])
+    assert cert["passed"] and cert["sources"][0]["file"] == "lenet.pth"
