@@ -12,27 +12,38 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import portanet
-from model_zoo.pytorch.models import ZOO, build
-from portanet.runtime import Session
-from portanet.runtime.torch_backend import lower
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # model_zoo lives beside the package
+
+import portanet  # noqa: E402
+from model_zoo.pytorch.models import ZOO, build  # noqa: E402
+from portanet.runtime import Session  # noqa: E402
+from portanet.runtime.torch_backend import lower  # noqa: E402
 
 
-def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_ms(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each function; the functions are timed in turns so
+    that load changes on a shared machine hit all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+ORT_THREADS = 1
 
 
 def bench(name: str, batch: int, repeat: int) -> dict[str, float]:
@@ -41,16 +52,12 @@ def bench(name: str, batch: int, repeat: int) -> dict[str, float]:
     x = torch.randn(batch, *entry.input_shape)
     model = portanet.convert(eager, example_inputs=(x,))
     fx_module = lower(model).eval()
-    ort = Session(model, backend="ort")
+    ort = Session(model, backend="ort", intra_op_threads=ORT_THREADS)
     feeds = {ort.inputs[0].name: x.numpy()}
     with torch.no_grad():
-        ref = eager(x)
-        got = fx_module(x)
-        err = float((got - ref).abs().max())
-        t_eager = median_ms(lambda: eager(x), repeat)
-        t_fx = median_ms(lambda: fx_module(x), repeat)
-    t_ort = median_ms(lambda: ort.run(feeds), repeat)
-    return {"eager": t_eager, "torch_backend": t_fx, "ort": t_ort, "max_err": err}
+        err = float((fx_module(x) - eager(x)).abs().max())
+        t = median_ms({"eager": lambda: eager(x), "torch_backend": lambda: fx_module(x), "ort": lambda: ort.run(feeds)}, repeat)
+    return {**t, "max_err": err}
 
 
 def main() -> None:
@@ -58,10 +65,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["case_study_cnn", "lenet5", "resnet18", "mobilenetv2"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of torch and ORT")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    global ORT_THREADS
+    ORT_THREADS = args.threads
     header = f"{'model':<16}{'batch':>6}{'eager ms':>10}{'fx ms':>10}{'ort ms':>10}{'eager/fx':>10}{'ort/fx':>9}{'max err':>10}"
     print(header)
     print("-" * len(header))

@@ -10,9 +10,8 @@ Initializers are classified before any node is lowered:
 * non-float initializers (shapes, axes, indices) -> constants, folded at lowering time.
 
 Constant folding: a call whose arguments are all constants is evaluated while lowering,
-so static shape arithmetic never reaches the generated code. Integer constants stay on the
-CPU (shape arithmetic is host work); float constants are non-persistent buffers that move
-with ``module.to(device)``.
+so static shape arithmetic never reaches the generated code. Constants that reach it are
+non-persistent buffers: they move with ``module.to(device)`` and stay out of the state dict.
 """
 
 from __future__ import annotations
@@ -119,10 +118,7 @@ class LowerCtx:
         key = id(t)
         if key not in self._lifted:
             name = self.unique_name(f"_c_{hint}")
-            if t.is_floating_point():
-                self.root.register_buffer(name, t, persistent=False)
-            else:
-                setattr(self.root, name, t)  # integer/bool constants stay on the host
+            self.root.register_buffer(name, t, persistent=False)
             self._keep.append(t)
             self._lifted[key] = self.graph.get_attr(name)
         return self._lifted[key]

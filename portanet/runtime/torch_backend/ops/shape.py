@@ -2,7 +2,8 @@
 Gather, Expand, Tile, Pad, Shape, Size, Constant, ConstantOfShape, Range, Depth/SpaceToDepth.
 
 Shape arguments arrive as constants (folded to Python lists) or, when they were computed
-from run-time shapes, as small int64 CPU tensors turned into lists at run time.
+from run-time shapes, as small int64 tensors (on the data's device) turned into lists at
+run time.
 """
 
 from __future__ import annotations
@@ -263,8 +264,8 @@ def _pad(ctx, node, x, pads=None, value=None, axes=None):
 
 # -- Shape / Size / Constant / ConstantOfShape / Range ---------------------------------------
 def shape(x: torch.Tensor, start: int, end: int | None) -> torch.Tensor:
-    # shape arithmetic stays on the host (int64 CPU tensor)
-    return torch.tensor(x.shape[start:end], dtype=torch.int64)
+    # on x's device, so that shape arithmetic can meet the (device) constants of the graph
+    return torch.tensor(x.shape[start:end], dtype=torch.int64, device=x.device)
 
 
 @register("Shape")
@@ -273,7 +274,7 @@ def _shape(ctx, node, x):
 
 
 def size(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(x.numel(), dtype=torch.int64)
+    return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
 
 
 @register("Size")
@@ -299,7 +300,8 @@ def constant(ctx, node):
 
 
 def constant_of_shape(shape: Any, value: torch.Tensor) -> torch.Tensor:
-    return torch.full(tuple(_list(shape)), value.reshape(-1)[0].item(), dtype=value.dtype)
+    # `value` is a graph constant: its device is the module's
+    return torch.full(tuple(_list(shape)), value.reshape(-1)[0].item(), dtype=value.dtype, device=value.device)
 
 
 @register("ConstantOfShape")
@@ -307,13 +309,11 @@ def _constant_of_shape(ctx, node, shape):
     value = attr(node, "value")
     if value is None:
         value = torch.zeros(1, dtype=torch.float32)
-    # the fill value is passed as a tensor constant kept on the host
     return ctx.call(constant_of_shape, _maybe_list(ctx, shape), value)
 
 
 def range_(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    dtype = start.dtype
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=dtype)
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
 
 
 @register("Range")
