@@ -2,10 +2,11 @@
 
 * ``Transpose(Transpose(x, p1), p2)`` is one Transpose with ``p1[p2[i]]`` (nothing when that is
   the identity).
+* A Transpose that only moves axes of size 1 is a Reshape.
 * A chain of data-order-preserving reshapes (Reshape, Squeeze, Unsqueeze, Flatten) is one
   Reshape from the chain's input to the last output shape.
 * ``Reshape(Reduce(x, keepdims=0))`` that only restores the reduced axes as 1s is
-  ``Reduce(x, keepdims=1)``.
+  ``Reduce(x, keepdims=1)``, and a Reshape dropping the unit axes of ``keepdims=1`` is ``keepdims=0``.
 * A ``ReduceMean``/``Max``/``Min``/``Sum``/``Prod`` over axes of size 1 is a Squeeze (or nothing).
 * A Reshape whose target is computed at run time (``Shape -> Gather -> Concat``, the PyTorch
   ``x.view(x.size(0), -1)`` pattern) gets a constant target when the output shape is known
@@ -57,6 +58,29 @@ def reshape_target(x: ir.Value, out: ir.Value) -> np.ndarray | None:
     if unknown > 1:
         return None
     return np.array(target, dtype=np.int64)
+
+
+def _target_gives(src: list, target: list[int], wanted: list) -> bool:
+    """Whether Reshape(``src``-shaped tensor, ``target``) (allowzero=0) surely has shape ``wanted``:
+    each entry is the wanted int, or 0 copying an equal dim of ``src``, except at most one -1
+    (which then resolves to the one remaining dim)."""
+    if len(target) != len(wanted) or target.count(-1) > 1:
+        return False
+    for i, (t, w) in enumerate(zip(target, wanted)):
+        if t == -1:
+            continue
+        if t == 0:
+            if i >= len(src) or not _same_dim(src[i], w):
+                return False
+        elif not isinstance(w, int) or w != t:
+            return False
+    return -1 in target or all(isinstance(w, int) or t == 0 for t, w in zip(target, wanted))
+
+
+def _same_dim(a: object, b: object) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return _sym(a) is not None and _sym(a) == _sym(b)
 
 
 @register_pass
@@ -111,7 +135,7 @@ class CollapseReshapes(OptimizerPass):
     def _transposes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
         inner = node.inputs[0].producer() if node.inputs[0] is not None else None
         if inner is None or inner.op_type != "Transpose" or inner.domain != "":
-            return False
+            return self._unit_transpose(graph, namer, node)
         p1, p2 = attr(inner, "perm"), attr(node, "perm")
         if p1 is None or p2 is None or len(p1) != len(p2):
             return False
@@ -122,6 +146,28 @@ class CollapseReshapes(OptimizerPass):
         node.replace_input_with(0, x)
         node.attributes["perm"] = ir.AttrInt64s("perm", perm)
         return True
+
+    def _unit_transpose(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
+        """A Transpose that only moves axes of size 1 is a Reshape (no data moves), which
+        then collapses with neighbouring reshapes."""
+        x, out = node.inputs[0], node.outputs[0]
+        perm = attr(node, "perm")
+        if x is None or x.shape is None or perm is None or len(perm) != len(x.shape):
+            return False
+        moved = [p for p in perm if x.shape[p] != 1]  # symbolic dims count as "not 1"
+        if moved != sorted(moved):
+            return False
+        target = reshape_target(x, out)
+        if target is None:
+            return False
+        reshape = new_node("Reshape", [x, add_initializer(graph, namer, target, f"{node.name or 'transpose'}_shape")],
+                           namer=namer, like=node)
+        reshape.outputs[0].shape, reshape.outputs[0].type = out.shape, out.type
+        graph.insert_before(node, reshape)
+        if not replace_value(out, reshape.outputs[0]):
+            graph.remove(reshape, safe=True)
+            return False
+        return self._drop(graph, node)
 
     def _reshapes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
         x = node.inputs[0]
@@ -137,16 +183,16 @@ class CollapseReshapes(OptimizerPass):
             return True
         if not chain and node.op_type != "Reshape":
             return False
-        if node.op_type == "Reshape" and not chain:
-            # only a computed target is worth rewriting on a lone Reshape
-            if const_array(node.inputs[1]) is not None or attr(node, "allowzero", 0):
-                return False
+        if node.op_type == "Reshape" and not chain and const_array(node.inputs[1]) is not None:
+            return False  # only a computed target is worth rewriting on a lone Reshape
         target = reshape_target(src, out)
         if target is None:
             return False
-        if node.op_type == "Reshape" and not attr(node, "allowzero", 0):
+        if node.op_type == "Reshape":
             node.replace_input_with(0, src)
             node.replace_input_with(1, add_initializer(graph, namer, target, f"{node.name or 'reshape'}_shape"))
+            # the target has no literal 0 (reshape_target refuses them): "0 = copy" is safe
+            node.attributes.pop("allowzero", None)
             return True
         reshape = new_node("Reshape", [src, add_initializer(graph, namer, target, f"{node.name or 'reshape'}_shape")],
                            namer=namer, like=node)
@@ -158,16 +204,16 @@ class CollapseReshapes(OptimizerPass):
         return self._drop(graph, node)
 
     def _keepdims_instead(self, graph: ir.Graph, node: ir.Node) -> bool:
-        """``Reshape(Reduce(x, keepdims=0))`` that only puts the reduced axes back as 1s is
-        ``Reduce(x, keepdims=1)``."""
+        """``Reshape(Reduce(x, keepdims=k))`` whose target is the shape ``Reduce(x, keepdims=1-k)``
+        gives (the reduced axes put back as 1s, or dropped) is that reduction alone."""
         red = node.inputs[0].producer()
-        if red is None or red.domain != "" or not red.op_type.startswith("Reduce") or attr(red, "keepdims", 1):
+        if red is None or red.domain != "" or not red.op_type.startswith("Reduce"):
             return False
         if only_consumer(red.outputs[0]) is not node or attr(node, "allowzero", 0):
             return False
         x = red.inputs[0]
         target = const_array(node.inputs[1])
-        if x is None or x.shape is None or target is None:
+        if x is None or x.shape is None or target is None or red.outputs[0].shape is None:
             return False
         r = len(x.shape)
         if len(red.inputs) > 1 and red.inputs[1] is not None:
@@ -178,18 +224,14 @@ class CollapseReshapes(OptimizerPass):
         if not axes:
             return False
         reduced = {a % r for a in axes}
-        kept = [1 if i in reduced else d for i, d in enumerate(x.shape)]  # the keepdims=1 shape
-        t = [int(v) for v in target.reshape(-1)]
-        if len(t) != r or 0 in t or t.count(-1) > 1:
+        keep = attr(red, "keepdims", 1)
+        if keep:
+            wanted = [d for i, d in enumerate(x.shape) if i not in reduced]
+        else:
+            wanted = [1 if i in reduced else d for i, d in enumerate(x.shape)]
+        if not _target_gives(list(red.outputs[0].shape), [int(v) for v in target.reshape(-1)], wanted):
             return False
-        for want, got in zip(kept, t):
-            if got == -1:
-                continue
-            if not isinstance(want, int) or want != got:
-                return False
-        if t.count(-1) == 0 and not all(isinstance(k, int) for k in kept):
-            return False
-        red.attributes["keepdims"] = ir.AttrInt64("keepdims", 1)
+        red.attributes["keepdims"] = ir.AttrInt64("keepdims", 0 if keep else 1)
         red.outputs[0].shape = node.outputs[0].shape
         return replace_value(node.outputs[0], red.outputs[0]) and self._drop(graph, node)
 

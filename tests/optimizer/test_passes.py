@@ -419,3 +419,70 @@ def test_reduction_that_reorders_kept_axes_keeps_its_transpose():
                  [tensor_input("x", [N, 4, 3, 5])], [("y", [3, 4])], [init("axes", np.array([0, 2], np.int64))])
     model = check_pass(proto, ["push_transposes"], fires=False)
     assert ops(model)["Transpose"] == 1
+
+
+# -- Concat fusion, unit-axis Transposes, keepdims ------------------------------------------------
+def test_nested_concats_fuse_on_the_same_axis_only():
+    proto = make([node("Concat", ["x", "x"], ["a"], axis=1), node("Relu", ["x"], ["r"]),
+                  node("Concat", ["r", "a", "x"], ["y"], axis=-2), node("Concat", ["x", "x"], ["b"], axis=2),
+                  node("Concat", ["b", "b"], ["z"], axis=1)],
+                 [tensor_input("x", [N, 2, 3])], [("y", [N, 8, 3]), ("z", [N, 4, 6])])
+    model = check_pass(proto, ["fuse_concats"], fires=True)
+    assert ops(model) == {"Concat": 3, "Relu": 1}
+
+
+def test_transpose_of_unit_axes_becomes_a_reshape_and_collapses():
+    # Keras SE block: (N, C) -> (N, 1, 1, C) -> NCHW (N, C, 1, 1)
+    proto = make([node("Reshape", ["x", "shape"], ["r"]), node("Transpose", ["r"], ["y"], perm=[0, 3, 1, 2])],
+                 [tensor_input("x", [N, 6])], [("y", [N, 6, 1, 1])], [init("shape", np.array([0, 1, 1, 6], np.int64))])
+    model = check_pass(proto, ["collapse_reshapes", "remove_unused"], fires=True)
+    assert ops(model) == {"Reshape": 1}
+    real = make([node("Transpose", ["x"], ["y"], perm=[0, 2, 1])], [tensor_input("x", [N, 2, 3])], [("y", [N, 3, 2])])
+    check_pass(real, ["collapse_reshapes"], fires=False)
+
+
+def test_keepdims_reduction_then_flatten_reshape():
+    proto = make([node("ReduceMean", ["x", "axes"], ["m"], keepdims=1), node("Reshape", ["m", "shape"], ["f"]),
+                  node("Gemm", ["f", "w"], ["y"])],
+                 [tensor_input("x", [N, 4, 3, 3])], [("y", [N, 2])],
+                 [init("axes", np.array([2, 3], np.int64)), init("shape", np.array([0, 4], np.int64)), init("w", rand(4, 2))])
+    model = check_pass(proto, ["collapse_reshapes"], fires=True)
+    assert ops(model) == {"ReduceMean": 1, "Gemm": 1}
+
+
+# -- constant Mul/Add before Conv/Gemm/MatMul ----------------------------------------------------
+@pytest.mark.parametrize("op,const,pads,group", [("Mul", (3, 1, 1), [1, 1, 1, 1], 1), ("Div", (), [1, 0, 1, 0], 3),
+                                                 ("Sub", (1, 3, 1, 1), [0, 0, 0, 0], 1), ("Add", (), None, 3)])
+def test_fold_input_affine_into_conv(op, const, pads, group):
+    c = rand(*const, seed=4, positive=True) if const else np.array(0.7, np.float32)
+    proto = make([node(op, ["x", "c"], ["s"]), node("Conv", ["s", "w", "b"], ["y"], group=group,
+                                                    **({"pads": pads} if pads else {}))],
+                 [tensor_input("x", [N, 3, 5, 5])], [("y", [N, 6, None, None])],
+                 [init("c", c), init("w", rand(6, 3 // group, 3, 3)), init("b", rand(6))])
+    model = check_pass(proto, ["fold_input_affine"], fires=True)
+    assert ops(model) == {"Conv": 1}
+
+
+def test_fold_input_affine_into_gemm_and_matmul():
+    proto = make([node("Add", ["x", "c"], ["a"]), node("Gemm", ["a", "w", "b"], ["g"], transB=1, alpha=0.5, beta=2.0),
+                  node("Mul", ["k", "g"], ["m"]), node("MatMul", ["m", "w2"], ["y"])],
+                 [tensor_input("x", [N, 5])], [("y", [N, 3])],
+                 [init("c", rand(5)), init("w", rand(4, 5)), init("b", rand(4)), init("k", rand(1, 4, seed=9)),
+                  init("w2", rand(4, 3))])
+    model = check_pass(proto, ["fold_input_affine"], fires=True)
+    assert ops(model) == {"Gemm": 1, "MatMul": 1}
+
+
+@pytest.mark.parametrize("case", ["add_with_padding", "spatial_scale", "two_consumers"])
+def test_fold_input_affine_must_not_fire(case):
+    outs = [("y", [N, 6, 5, 5])]
+    c = rand(3, 1, 1, seed=4)
+    nodes = [node("Add" if case == "add_with_padding" else "Mul", ["x", "c"], ["s"]),
+             node("Conv", ["s", "w"], ["y"], pads=[1, 1, 1, 1])]
+    if case == "spatial_scale":
+        c = rand(1, 5, 5, seed=4)
+    if case == "two_consumers":
+        nodes.append(node("Relu", ["s"], ["z"]))
+        outs.append(("z", [N, 3, 5, 5]))
+    proto = make(nodes, [tensor_input("x", [N, 3, 5, 5])], outs, [init("c", c), init("w", rand(6, 3, 3, 3))])
+    check_pass(proto, ["fold_input_affine"], fires=False)
