@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from portanet._deps import require
 from portanet.converters.registry import ConvertOptions
-from portanet.errors import ConversionError, InvalidInputError
+from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
 from portanet.ir.builder import BATCH, CANONICAL_OPSET
 from portanet.ir.io import convert_opset
 from portanet.ir.metadata import set_model_metadata
@@ -167,6 +167,10 @@ def export_to_ir(
         with _quiet():
             program = torch.onnx.export(module, args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the exporter raises its own hierarchy
+        # the exporter stops at the first op it cannot translate: list them all in one error
+        unsupported = _scan_unsupported(module, args, kwargs.get("dynamic_shapes"))
+        if unsupported:
+            raise UnsupportedOpError(unsupported, framework=FRAMEWORK, path=where) from exc
         raise ConversionError(f"torch.onnx export failed: {_summary(exc)}", framework=FRAMEWORK, path=where) from exc
     finally:
         if was_training:
@@ -200,6 +204,38 @@ def _fold_constants(model: ir.Model, where: str) -> None:
         RemoveUnusedNodesPass()(model)
     except Exception as exc:  # noqa: BLE001 - folding is a nicety, the unfolded graph is correct
         log.debug("%s: constant folding skipped (%s)", where, exc)
+
+
+def _scan_unsupported(module: Any, args: tuple[Any, ...], dynamic_shapes: Any) -> dict[str, list[str]]:
+    """aten/prims op -> module paths using it, for every op torch's ONNX registry cannot
+    translate after its decompositions (empty if the model does not even trace, or if this
+    torch build lacks the exporter internals used here)."""
+    import torch
+
+    try:
+        from torch.onnx._internal.exporter import _fx_passes, _registration
+    except ImportError:
+        return {}
+    try:
+        with _quiet():
+            program = module if isinstance(module, torch.export.ExportedProgram) else torch.export.export(
+                module, args, dynamic_shapes=dynamic_shapes)
+            registry = _registration.ONNXRegistry.from_torchlib(CANONICAL_OPSET)
+            program = _fx_passes.decompose_with_registry(program, registry)
+    except Exception as exc:  # noqa: BLE001 - the scan is best effort; the export error stands
+        log.debug("unsupported-op scan skipped: %s", exc)
+        return {}
+    found: dict[str, list[str]] = {}
+    for node in program.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        if registry.is_registered(target):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        found.setdefault(str(target), []).append(path or node.name)
+    return found
 
 
 # -------------------------------------------------------------------------------- provenance

@@ -174,3 +174,21 @@ def test_export_failure_is_located():
     with pytest.raises(PortanetError, match=r"^DataDependent: torch.onnx export failed: .*data-dependent") as info:
         portanet.convert(DataDependent(), example_inputs=torch.randn(2, 3))
     assert "\n" not in str(info.value)
+
+
+def test_every_unsupported_op_listed_at_once():
+    class Exotic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return torch.linalg.svdvals(y).sum() + torch.special.zeta(x, x).sum()
+
+    from portanet.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError) as info:
+        portanet.convert(Exotic(), example_inputs=torch.randn(2, 3, 3))
+    assert set(info.value.unsupported) == {"aten._linalg_svd.default", "prims.zeta.default"}
+    assert "2 unsupported layer(s) of 2 type(s)" in str(info.value)
