@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -235,9 +236,18 @@ def measure(name: str, proto: onnx.ModelProto, runs: int) -> list[dict]:
     return rows
 
 
-def load_or_build(name: str, build: Callable[[Path], None]) -> onnx.ModelProto:
-    path = CACHE / (name.replace("/", "__") + ".onnx")
-    if not path.exists():
+def _zoo_key(name: str) -> str:
+    """Hash of the model_zoo sources: cached exports are rebuilt when a builder changes."""
+    h = hashlib.sha256()
+    zoo = Path(__file__).resolve().parents[1] / "model_zoo"
+    for f in sorted(zoo.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def load_or_build(name: str, build: Callable[[Path], None], rebuild: bool = False) -> onnx.ModelProto:
+    path = CACHE / f"{name.replace('/', '__')}-{_zoo_key(name)}.onnx"
+    if rebuild or not path.exists():
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         build(tmp)
         os.replace(tmp, path)
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="only models whose name contains this text")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--rebuild", action="store_true", help="export/convert again instead of using the cache")
     parser.add_argument("--no-portanet-importers", action="store_true", help="only torch.onnx and tf2onnx exports")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.models not in name:
             continue
         try:
-            proto = load_or_build(name, build)
+            proto = load_or_build(name, build, args.rebuild)
         except Exception as exc:  # noqa: BLE001 - a zoo model that does not build is reported and skipped
             print(f"skip {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}",
                   file=sys.stderr)

@@ -8,6 +8,8 @@ count is compared with onnxsim on the same file.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 
 import numpy as np
@@ -22,6 +24,12 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 PARITY_RTOL, PARITY_ATOL = 1e-4, 1e-5
+
+
+def source_key(obj) -> str:
+    """A short hash of the file defining ``obj``: cached exports are rebuilt when it changes."""
+    path = inspect.getsourcefile(obj)
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:10]
 
 
 class BnMlp(nn.Module):
@@ -90,7 +98,7 @@ def torch_exports(zoo_cache):
         torch.manual_seed(0)
         module = _randomize_bn(factory())
         x = torch.randn(3, *shape)
-        path = folder / f"torch-{name}-v1.onnx"
+        path = folder / f"torch-{name}-{source_key(factory)}.onnx"
         if not path.exists():
             tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
             torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["y"], opset_version=18,
@@ -175,7 +183,7 @@ def tf_exports(zoo_cache):
         model = build(0)
         x = np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
         spec = [tf.TensorSpec([None, *shape], tf.float32, name="x")]
-        path = zoo_cache / "optimizer" / f"tf2onnx-{name}-v1.onnx"
+        path = zoo_cache / "optimizer" / f"tf2onnx-{name}-{source_key(build)}.onnx"
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
             fn = tf.function(lambda t, m=model: m(t, training=False), input_signature=spec)
