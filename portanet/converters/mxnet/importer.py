@@ -119,6 +119,12 @@ class MxnetImporter(Importer):
             raise InvalidInputError(
                 f"{others[0]}: expected an MXNet -symbol.json or .params file, received '{others[0].suffix or others[0].name}'"
             )
+        if not symbols and len(params) == 1:
+            # 'net-0003.params' alone: its symbol is 'net-symbol.json' beside it
+            m = _PARAMS_RE.match(params[0].name)
+            guess = params[0].with_name(f"{m.group('prefix')}-symbol.json") if m else None
+            if guess is not None and guess.is_file():
+                symbols = [guess]
         if len(symbols) != 1:
             raise InvalidInputError(
                 f"MXNet conversion takes one -symbol.json file, received {len(symbols)}"

@@ -121,3 +121,12 @@ def test_input_whose_shape_cannot_be_told(mx_refs, tmp_path):
     assert result.exit_code == 2
     assert "pass it with --input-shape data=" in result.output and not out.exists()
     assert _convert(sym, "-o", out, "--input-shape", "data=2x6x2").exit_code == 0
+
+
+def test_params_file_alone_finds_its_symbol(ckpt):
+    folder, feeds, ref = ckpt
+    out = folder / "fromparams.onnx"
+    result = _convert(folder / "net-0000.params", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert _used_params(out) == ["net-0000.params"]
+    np.testing.assert_allclose(Session(out).run(feeds)["conv_output"], ref["conv_output"], rtol=1e-4, atol=1e-5)
