@@ -4,9 +4,11 @@ and after (ONNX Runtime on the original graph is the reference), idempotent, sym
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from portanet.optimizer import optimize
 from tests.optimizer.helpers import check_pass, init, make, ops, rand, tensor_input
 
 N = "N"
@@ -486,3 +488,13 @@ def test_fold_input_affine_must_not_fire(case):
         outs.append(("z", [N, 3, 5, 5]))
     proto = make(nodes, [tensor_input("x", [N, 3, 5, 5])], outs, [init("c", c), init("w", rand(6, 3, 3, 3))])
     check_pass(proto, ["fold_input_affine"], fires=False)
+
+
+# -- shape inference ------------------------------------------------------------------------------------
+def test_shape_inference_annotates_every_value_and_keeps_the_batch_symbolic():
+    proto = make([node("Conv", ["x", "w"], ["c"]), node("Relu", ["c"], ["r"]), node("Flatten", ["r"], ["y"])],
+                 [tensor_input("x", [N, 2, 5, 5])], [("y", [N, None])], [init("w", rand(3, 2, 3, 3))])
+    model = optimize(ir.serde.deserialize_model(proto), passes=["shape_inference"])
+    shapes = {o.name: [d if isinstance(d, int) else d.value for d in o.shape] for n in model.graph for o in n.outputs}
+    assert shapes == {"c": ["N", 3, 3, 3], "r": ["N", 3, 3, 3], "y": ["N", 27]}
+    assert [d if isinstance(d, int) else d.value for d in model.graph.inputs[0].shape] == ["N", 2, 5, 5]
