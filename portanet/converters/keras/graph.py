@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 FRAMEWORK = "keras"
 
 
+def has_layer_graph(model: Any) -> bool:
+    """True for Functional models and built Sequential models (not for subclassed models)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None) is not None
+    return hasattr(model, "_nodes_by_depth")
+
+
 def functional_of(model: Any) -> Any:
     """The functional graph behind ``model`` (Sequential models keep one once built)."""
     import keras
@@ -42,7 +51,7 @@ def functional_of(model: Any) -> Any:
     if not hasattr(model, "_nodes_by_depth"):
         raise ConversionError(
             f"model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model without a layer graph; "
-            "build it with the Functional or Sequential API, or convert a tf.function of it",
+            "pass example_inputs=... to convert it through tf2onnx, or build it with the Functional API",
             framework=FRAMEWORK,
         )
     return model

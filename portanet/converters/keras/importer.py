@@ -167,8 +167,13 @@ class KerasImporter(Importer):
     def convert_object(self, obj: Any, options: ConvertOptions) -> ir.Model:
         _quiet_tf()
         if is_keras_model(obj):
-            from portanet.converters.keras.graph import convert_model
+            from portanet.converters.keras.graph import convert_model, has_layer_graph
 
+            if not has_layer_graph(obj) and options.example_inputs is not None:
+                # a subclassed model has no layer graph to walk: trace it as a TensorFlow graph
+                from portanet.converters.keras.tf_graph import convert_function, keras_call_function
+
+                return convert_function(keras_call_function(obj), options)
             return convert_model(obj, options)
         if is_tf_function(obj):
             from portanet.converters.keras.tf_graph import convert_function

@@ -47,6 +47,17 @@ def input_signature_of(fn: Any, options: ConvertOptions) -> list[Any]:
     return specs
 
 
+def keras_call_function(model: Any) -> Any:
+    """A ``tf.function`` running a (subclassed) Keras model in inference mode on positional inputs."""
+    tf = require("tensorflow")
+
+    @tf.function
+    def call(*inputs: Any) -> Any:
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    return call
+
+
 def signature_function(loaded: Any, path: Path) -> tuple[Any, list[Any], list[str]]:
     """A tf.function wrapping the SavedModel's serving signature, with positional TensorSpecs."""
     tf = require("tensorflow")
@@ -80,6 +91,7 @@ def _to_ir(proto: Any, options: ConvertOptions, source_files: list[Any]) -> ir.M
     model = ir.serde.deserialize_model(proto)
     model.ir_version = max(model.ir_version or 0, IR_VERSION)
     _name_batch_dims(model)
+    _clean_names(model)
     add_self_provenance(model)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
     return model
@@ -96,6 +108,18 @@ def _name_batch_dims(model: ir.Model) -> None:
             v.shape = ir.Shape([ir.SymbolicDim(BATCH), *list(v.shape)[1:]])
 
 
+def _clean_names(model: ir.Model) -> None:
+    """Graph inputs/outputs still named after TensorFlow tensors (``x:0``, ``Identity:0``: a
+    function returning a tuple has no structured names) become ``x`` and ``output_<i>``."""
+    taken = {v.name for v in [*model.graph.inputs, *model.graph.outputs]}
+    for v in model.graph.inputs:
+        if v.name and v.name.endswith(":0") and v.name[:-2] not in taken:
+            v.name = v.name[:-2]
+    for i, v in enumerate(model.graph.outputs):
+        if v.name and ":" in v.name and f"output_{i}" not in taken:
+            v.name = f"output_{i}"
+
+
 def convert_function(fn: Any, options: ConvertOptions, *, source_files: list[Any] | None = None) -> ir.Model:
     """Convert a ``tf.function`` through tf2onnx (``from_function``)."""
     tf2onnx = require("tf2onnx")
@@ -107,8 +131,10 @@ def convert_function(fn: Any, options: ConvertOptions, *, source_files: list[Any
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=specs, opset=CANONICAL_OPSET, **kwargs)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {first}", framework=FRAMEWORK) from exc
+        # TensorFlow puts the actual message on the last line ("in user code: ... ValueError: ...")
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {lines[-1] if lines else ''}",
+                              framework=FRAMEWORK) from exc
     if options.nchw:
         _outputs_to_nchw(proto)
     return _to_ir(proto, options, source_files or [])

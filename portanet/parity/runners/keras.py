@@ -96,11 +96,32 @@ def run_reference(
         src = load_keras_file(path)
     if isinstance(src, SavedModelSignature):
         return _run_tf(src.fn, src.specs, src.names, feeds, nchw, layers)
+    if is_keras_model(src) and not _has_graph(src):
+        return _run_subclassed(src, feeds, nchw, _opt(options, "output_names"))
     if is_keras_model(src):
         return _run_keras(src, feeds, nchw, layers, _layer_layouts(options))
     if is_tf_function(src):
         return _run_function(src, feeds, nchw, layers)
     raise InvalidInputError(f"the Keras reference runner cannot run {type(src).__name__}")
+
+
+def _has_graph(model: Any) -> bool:
+    from portanet.converters.keras.graph import has_layer_graph
+
+    return has_layer_graph(model)
+
+
+def _run_subclassed(model: Any, feeds: Mapping[str, np.ndarray], nchw: bool,
+                    output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
+    """A subclassed model (converted through tf2onnx): feeds in order, outputs ``output_<i>``
+    (tf2onnx's names) unless the caller gives the IR's output names; with ``nchw`` rank-4
+    tensors are NCHW, as tf2onnx's inputs_as_nchw makes them."""
+    xs = [np.transpose(a, (0, 2, 3, 1)) if nchw and a.ndim == 4 else a for a in map(np.asarray, feeds.values())]
+    outs = model(xs[0] if len(xs) == 1 else xs, training=False)
+    outs = [np.asarray(o) for o in (outs if isinstance(outs, list | tuple) else [outs])]
+    names = list(output_names) if output_names and len(output_names) == len(outs) else [
+        f"output_{i}" for i in range(len(outs))]
+    return {n: (np.transpose(o, (0, 3, 1, 2)) if nchw and o.ndim == 4 else o) for n, o in zip(names, outs)}
 
 
 def _run_keras(model: Any, feeds: Mapping[str, np.ndarray], nchw: bool, layers: Sequence[str] | None,

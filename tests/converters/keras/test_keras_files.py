@@ -175,22 +175,46 @@ def test_detection(tmp_path) -> None:
     assert detect([save_model("case_study_cnn", ".h5")]).name == "keras"
 
 
-def test_subclassed_model_is_a_clear_error() -> None:
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, padding="same")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+
+    def call(self, x):
+        return self.conv(x), self.pool(self.conv(x))
+
+
+def test_subclassed_model_needs_example_inputs() -> None:
     import portanet
     from portanet.errors import ConversionError
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.fc = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.fc(x)
-
-    m = Sub()
-    m(np.zeros((1, 3), np.float32))
-    with pytest.raises(ConversionError, match="subclassed"):
+    m = SubclassedNet()
+    m(np.zeros((1, 6, 6, 3), np.float32))
+    with pytest.raises(ConversionError, match="subclassed.*example_inputs"):
         portanet.convert(m)
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_subclassed_model_through_tf2onnx(nchw: bool) -> None:
+    import portanet
+    from portanet.parity.runners.keras import run_reference
+    from portanet.runtime.session import Session
+
+    keras.utils.set_random_seed(0)
+    m = SubclassedNet()
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    ir_model = portanet.convert(m, example_inputs=[x], nchw=nchw)
+    s = Session(ir_model)
+    feed = to_nchw(x) if nchw else x
+    got = s.run({s.inputs[0].name: feed})
+    ref = [np.asarray(t) for t in m(x, training=False)]
+    assert [o.name for o in s.outputs] == ["output_0", "output_1"]
+    np.testing.assert_allclose(got["output_0"], to_nchw(ref[0]) if nchw else ref[0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["output_1"], ref[1], rtol=RTOL, atol=ATOL)
+    # the runner runs the subclassed model itself
+    runner = run_reference(m, {s.inputs[0].name: feed}, options={"nchw": nchw})
+    np.testing.assert_allclose(runner["output_1"], ref[1], rtol=RTOL, atol=ATOL)
 
 
 def test_input_shape_override(keras_zoo) -> None:
