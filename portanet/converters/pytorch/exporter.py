@@ -184,6 +184,8 @@ def export_to_ir(
     from portanet import __version__
 
     model.producer_name, model.producer_version = "portanet", __version__
+    if args == () and options.input_shapes:
+        _pin_input_shapes(model, options.input_shapes, dynamic, where)
     if dynamic:
         _rename_batch_dims(model)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
@@ -280,6 +282,37 @@ def map_provenance(model: ir.Model) -> None:
         if src is None:
             src = (node.name, node.op_type)
         props[SOURCE_KEY], props[SOURCE_TYPE_KEY] = src
+
+
+def _pin_input_shapes(model: ir.Model, shapes: dict[str, list[int | str]], dynamic: bool, where: str) -> None:
+    """Give an exported program's free input dims the sizes of ``--input-shape`` (TorchScript
+    conversions leave every dim free); the batch stays symbolic when ``dynamic``. Dims the
+    program fixed must agree."""
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    for key, dims in shapes.items():
+        if key == "" and len(inputs) == 1:
+            value = inputs[0]
+        else:
+            value = next((v for v in inputs if v.name == key), None)
+        if value is None or value.shape is None:
+            raise InvalidInputError(
+                f"{where}: --input-shape {key or '(unnamed)'}: inputs are {', '.join(str(v.name) for v in inputs)}"
+            )
+        if len(value.shape) != len(dims):
+            raise InvalidInputError(f"{where}: input '{value.name}' has rank {len(value.shape)}, "
+                                    f"--input-shape gives {len(dims)} dims")
+        new: list[Any] = []
+        for i, (have, want) in enumerate(zip(value.shape, dims)):
+            if isinstance(have, int):
+                if isinstance(want, int) and want != have and not (i == 0 and dynamic):
+                    raise InvalidInputError(f"{where}: input '{value.name}' has dimension {i} fixed at {have} "
+                                            f"in the program, --input-shape gives {want}")
+                new.append(have)
+            elif i == 0 and dynamic:
+                new.append(have)
+            else:
+                new.append(want if isinstance(want, int) else have)
+        value.shape = ir.Shape(new)
 
 
 def _rename_batch_dims(model: ir.Model) -> None:

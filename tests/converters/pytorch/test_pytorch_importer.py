@@ -114,6 +114,7 @@ def test_torchscript_file(tmp_path):
     path = tmp_path / "cnn.pt"
     torch.jit.trace(module, torch.randn(2, 1, 28, 28)).save(str(path))
     model = portanet.convert(path, input_shapes={"": [2, 1, 28, 28]})
+    assert [d if isinstance(d, int) else str(d) for d in model.graph.inputs[0].shape] == ["N", 1, 28, 28]
     sess = ort_session(model)
     x = np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
