@@ -39,7 +39,7 @@ def test_walk_is_chunked_and_stops_at_the_divergent_chunk(resnet_parts, corrupt)
     module, model = resnet_parts
     import onnx_ir as ir
 
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # the fixture model is shared
     corrupt(copy, "layer3.0.conv2")
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     requests: list[list[str]] = []
