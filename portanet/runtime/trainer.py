@@ -473,6 +473,14 @@ class Trainer:
             x = torch.from_numpy(prep.normalizer.apply(prep.layout.apply(dataset.x)))
             y = torch.from_numpy(self._targets(dataset.y, prep.loss))
         module = self.module
+        if ctx.distributed:
+            # BatchNorm running statistics drift apart per worker in training; use rank 0's,
+            # which are the ones written to the exported model
+            import torch.distributed as dist
+
+            for name, buf in module.named_buffers():
+                if name in module.param_ir_names:
+                    dist.broadcast(buf.data, src=0)
         was_training = module.training
         module.eval()
         # worker r evaluates samples r, r + W, r + 2W, ... (no padding, every sample once)
@@ -706,9 +714,11 @@ def train_files(
     ``prepare()`` (used to validate inputs before starting worker processes). Returns the run
     summary (``Trainer.summary()``) with the written paths under ``"outputs"``.
     """
+    from portanet.converters.onnx.importer import add_self_provenance
     from portanet.ir.io import load_onnx, save_onnx
 
     model = load_onnx(model_path)
+    add_self_provenance(model)  # an ONNX node without provenance is its own source layer (for --freeze)
     trainer = Trainer(model, config)
     try:
         trainer.prepare(data)

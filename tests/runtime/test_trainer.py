@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import portanet
 from portanet.cli import cli
 from portanet.data import load_data
+from portanet.errors import InvalidInputError, RuntimeBackendError
 from portanet.runtime.trainer import TRAINING_KEY, TrainConfig, Trainer, list_checkpoints
 from tests.runtime.trainer_models import case_study_onnx, small_mlp_module, small_mlp_onnx
 
@@ -191,7 +192,7 @@ def test_resume_after_interruption_equals_uninterrupted(case_study_path, small_n
 def test_resume_refuses_a_different_configuration(mlp_path, small_npz, tmp_path):
     Trainer(portanet.convert(str(mlp_path)), epochs=1, batch_size=64).fit(small_npz, checkpoint_dir=tmp_path)
     t = Trainer(portanet.convert(str(mlp_path)), epochs=2, batch_size=32)
-    with pytest.raises(portanet.errors.InvalidInputError,
+    with pytest.raises(InvalidInputError,
                        match="checkpoint was made with batch_size=64, this run has batch_size=32"):
         t.fit(small_npz, checkpoint_dir=tmp_path, resume=True)
 
@@ -215,7 +216,7 @@ def test_freeze_by_source_layer_and_by_name(case_study_path, small_npz):
 
 
 def test_freeze_pattern_that_matches_nothing(mlp_path, small_npz):
-    with pytest.raises(portanet.errors.InvalidInputError, match="--freeze pattern.s. conv\\* match no parameter"):
+    with pytest.raises(InvalidInputError, match="--freeze pattern.s. conv\\* match no parameter"):
         Trainer(portanet.convert(str(mlp_path)), freeze=["conv*"]).prepare(small_npz)
 
 
@@ -249,3 +250,22 @@ def test_trained_model_converts_and_trains_again(mlp_path, small_npz, tmp_path):
     assert second.fit()[-1]["test_accuracy"] >= acc1 - 0.02
     portanet.save(second.export(), tmp_path / "twice.onnx")
     assert json.loads(portanet.load(tmp_path / "twice.onnx").metadata_props[TRAINING_KEY])["epochs"] == 1
+
+
+# -------------------------------------------------------------------------------- devices
+@pytest.mark.gpu
+def test_cuda_training_matches_cpu(mlp_path, small_npz):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        t = Trainer(portanet.convert(str(mlp_path)), epochs=1, lr=0.05, seed=2, device=device)
+        t.fit(small_npz)
+        runs[device] = _weights(t.export())
+    for name, want in runs["cpu"].items():
+        # cuDNN/cuBLAS reduce in a different order than the CPU kernels
+        np.testing.assert_allclose(runs["cuda"][name], want, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(mlp_path, small_npz):
+    with pytest.raises(RuntimeBackendError, match="device 'cuda' requested but torch sees no CUDA"):
+        Trainer(portanet.convert(str(mlp_path)), device="cuda").prepare(small_npz)
