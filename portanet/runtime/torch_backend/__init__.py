@@ -125,6 +125,10 @@ class TorchBackend(Backend):
             if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16, which torch cannot read
                 args.append(torch.from_numpy(arr.astype(np.float32)).to(self.device, torch.bfloat16))
                 continue
+            if arr.dtype.name in _FLOAT8:  # ml_dtypes' float8: same bits as torch's
+                raw = torch.from_numpy(np.array(arr, order="C", copy=True).view(np.uint8).reshape(arr.shape))
+                args.append(raw.view(_FLOAT8[arr.dtype.name]).to(self.device))
+                continue
             # a private, writable, contiguous copy when needed (np.ascontiguousarray would
             # turn a 0-d array into 1-d)
             if not (arr.flags.c_contiguous and arr.flags.writeable):
@@ -139,14 +143,24 @@ class TorchBackend(Backend):
         outs = out if isinstance(out, tuple) else (out,)
         result = {}
         for n, t in zip(self.module.output_names, outs):
-            arr = _to_numpy(t)
             want = self._out_dtypes.get(n)
+            if isinstance(t, torch.Tensor) and t.dtype in _FLOAT8.values() and want is not None:
+                result[n] = t.detach().to("cpu").view(torch.uint8).numpy().view(want)
+                continue
+            arr = _to_numpy(t)
             result[n] = arr.astype(want) if want is not None and arr.dtype != want else arr
         names = list(output_names) if output_names else self.module.output_names
         return {n: result[n] for n in names}
 
 
 _WIDEN = {np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)}
+#: ml_dtypes float8 type name -> torch dtype
+_FLOAT8 = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "float8_e5m2": torch.float8_e5m2,
+    "float8_e5m2fnuz": torch.float8_e5m2fnuz,
+}
 
 
 def _to_numpy(t: Any) -> np.ndarray:

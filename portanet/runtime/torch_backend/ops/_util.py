@@ -23,6 +23,10 @@ _TORCH_DTYPES: dict[int, torch.dtype] = {
     ir.DataType.INT8: torch.int8,
     ir.DataType.UINT8: torch.uint8,
     ir.DataType.BOOL: torch.bool,
+    ir.DataType.FLOAT8E4M3FN: torch.float8_e4m3fn,
+    ir.DataType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    ir.DataType.FLOAT8E5M2: torch.float8_e5m2,
+    ir.DataType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
     # torch has only partial unsigned support: widen to int64
     ir.DataType.UINT16: torch.int64,
     ir.DataType.UINT32: torch.int64,

@@ -132,9 +132,29 @@ def identity(ctx, node, x):
     return x
 
 
+_FLOAT8 = {torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz}
+#: smallest magnitude that rounds past the largest finite value of each float8 type
+_FLOAT8_OVERFLOW = {torch.float8_e4m3fn: 464.0, torch.float8_e4m3fnuz: 248.0,
+                    torch.float8_e5m2: 61440.0, torch.float8_e5m2fnuz: 61440.0}
+
+
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # float -> int truncates toward zero in both ONNX and torch
     return x.to(dtype)
+
+
+def cast_float8(x: torch.Tensor, dtype: torch.dtype, saturate: int) -> torch.Tensor:
+    """ONNX Cast to float8: ``saturate`` clamps out-of-range values (and inf) to the largest
+    finite value; otherwise they become inf (e5m2) or NaN (the types without inf)."""
+    big = torch.finfo(dtype).max
+    if saturate:
+        return x.clamp(-big, big).to(dtype)  # NaN stays NaN
+    over = x.abs() > _FLOAT8_OVERFLOW[dtype]
+    if dtype == torch.float8_e5m2:
+        special = torch.where(x > 0, torch.full_like(x, float("inf")), torch.full_like(x, float("-inf")))
+    else:
+        special = torch.full_like(x, float("nan"))
+    return torch.where(over, special, x).to(dtype)
 
 
 @register("Cast")
@@ -142,6 +162,8 @@ def _cast(ctx, node, x):
     dtype = torch_dtype(int(attr(node, "to")))
     if in_dtype(node, 0) == dtype:
         return x
+    if dtype in _FLOAT8 and in_dtype(node, 0) not in _FLOAT8:
+        return ctx.call(cast_float8, x, dtype, int(attr(node, "saturate", 1)))
     return ctx.call(cast, x, dtype)
 
 
@@ -151,4 +173,7 @@ def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @register("CastLike")
 def _cast_like(ctx, node, x, like):
+    dtype = in_dtype(node, 1)
+    if dtype in _FLOAT8 and in_dtype(node, 0) not in _FLOAT8:
+        return ctx.call(cast_float8, x, dtype, int(attr(node, "saturate", 1)))
     return ctx.call(cast_like, x, like)
