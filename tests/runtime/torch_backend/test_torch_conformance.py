@@ -27,7 +27,6 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"^test_training_dropout(_default)?(_mask)?$",
      "random dropout masks: numpy's generator (the reference) cannot be reproduced by torch"),
     (r"^test_identity_(sequence|opt)$", "sequence/optional types are not tensors; not supported by the backend"),
-    (r"antialias", "Resize antialias (downsampling filter) is not implemented"),
     (r"^test_averagepool_2d_ceil_last_window_starts_on_pad$",
      "the generator's expected values are hand-rounded to 4 decimals (0.2841 vs exact 0.28404)"),
     (r"^test_attention_\w+_(fp16|bf16)_expanded$",

@@ -157,6 +157,7 @@ CASES: list[tuple] = [
     ("Resize_linear_fast", "Resize", [X(1, 2, 3, 3), None, f64(1, 1, 2, 2)], {"mode": "linear"}),
     ("Resize_cubic", "Resize", [X(1, 1, 4, 4), None, None, ints(1, 1, 3, 5)],
      {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}),
+    ("Resize_antialias", "Resize", [X(1, 1, 5, 6), None, f64(1, 1, 0.6, 0.5)], {"mode": "cubic", "antialias": 1}),
     ("Upsample", "Upsample", [X(1, 1, 2, 3), f64(1, 1, 2, 2)], {"mode": "linear"}),
 ]
 

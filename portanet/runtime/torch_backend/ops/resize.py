@@ -78,6 +78,36 @@ def _cubic_weights(r: torch.Tensor, a: float) -> torch.Tensor:
     return torch.stack([far(r + 1), near(r), near(1 - r), far(2 - r)], dim=-1)
 
 
+def _keys_cubic(t: torch.Tensor, a: float) -> torch.Tensor:
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def _antialias_axis(x, axis, xo, n_in, scale, cfg, take):
+    """Downsampling with ``antialias=1``: the linear/cubic filter stretched by 1/scale
+    (support 2/scale resp. 4/scale input pixels), weights normalised to sum 1."""
+    support = 1.0 if cfg["mode"] == "linear" else 2.0
+    start = math.floor(-support / scale) + 1
+    offsets = torch.arange(start, 2 - start, dtype=torch.float64)  # (K,)
+    fl = torch.floor(xo)
+    integer = xo == fl
+    # ONNX keeps the fractional part in (0, 1]: an integer coordinate counts from the left pixel
+    r = torch.where(integer, torch.ones_like(xo), xo - fl)
+    base = torch.where(integer, fl - 1, fl)
+    t = (offsets[None, :] - r[:, None]) * scale  # (n_out, K)
+    w = (1 - t.abs()).clamp(0, 1) if cfg["mode"] == "linear" else _keys_cubic(t, cfg["cubic_coeff_a"])
+    idx = base[:, None] + offsets[None, :]
+    if cfg["exclude_outside"]:
+        w = torch.where((idx < 0) | (idx > n_in - 1), torch.zeros_like(w), w)
+    w = w / w.sum(dim=-1, keepdim=True)
+    view = [1] * x.dim()
+    view[axis] = -1
+    w = w.to(x.dtype).to(x.device)
+    return sum(take(idx[:, k]) * w[:, k].reshape(view) for k in range(idx.shape[1]))
+
+
 def _resize_axis(
     x: torch.Tensor, axis: int, n_out: int, scale: float, cfg: dict[str, Any], roi: tuple[float, float]
 ) -> torch.Tensor:
@@ -91,7 +121,9 @@ def _resize_axis(
         return x.index_select(axis, idx.clamp(0, n_in - 1).to(torch.int64).to(x.device))
 
     mode = cfg["mode"]
-    if mode == "nearest":
+    if cfg.get("antialias", 0) and mode != "nearest" and scale < 1:
+        y = _antialias_axis(x, axis, xo, n_in, scale, cfg, take)
+    elif mode == "nearest":
         y = take(_nearest(xo, cfg["nearest_mode"]))
     elif mode == "linear":
         i0 = torch.floor(xo)
@@ -132,10 +164,8 @@ def resize(x: torch.Tensor, roi: Any, scales: Any, sizes: Any, cfg: dict[str, An
         scale_list = _floats(scales) or [1.0] * len(axes)
         out = [int(math.floor(i * s)) for i, s in zip(in_sizes, scale_list)]
     roi_list = _floats(roi) or []
-    if antialiased := cfg.get("antialias", 0):
-        if any(s < 1 for s in scale_list) and cfg["mode"] != "nearest":
-            raise ValueError(f"antialias={antialiased} downsampling is not supported by the torch backend")
-    fast = _fast_path(x, axes, out, scale_list, cfg, bool(size_list))
+    antialias = cfg.get("antialias", 0) and cfg["mode"] != "nearest" and any(s < 1 for s in scale_list)
+    fast = None if antialias else _fast_path(x, axes, out, scale_list, cfg, bool(size_list))
     if fast is not None:
         return fast
     k = len(axes)
