@@ -135,7 +135,7 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 
 def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
-    fn = functional_of(model)
+    """Convert every node of ``model`` in execution order; nested models recursively."""
     for node in iter_nodes(model):
         op = node.operation
         if layer_type(op) == "InputLayer":
@@ -152,7 +152,6 @@ def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
         kind = layer_type(op)
         with ctx.b.layer(op.name, kind):
             HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
-    del fn
 
 
 def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence[Any] = (),

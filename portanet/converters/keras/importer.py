@@ -61,8 +61,9 @@ def _read_config(path: Path) -> dict[str, Any] | None:
             if "config.json" not in z.namelist():
                 raise InvalidModelError(f"{path}: not a Keras 3 archive (no config.json inside the zip)")
             return json.loads(z.read("config.json"))
-    import h5py
+    from portanet._deps import require
 
+    h5py = require("h5py")
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("model_config")
     if raw is None:

@@ -60,10 +60,10 @@ def padding_attrs(padding: str, sizes: Sequence[int | None], kernel: Sequence[in
     raise ConversionError(f"expected padding 'valid' or 'same', received '{padding}'")
 
 
-def _conv_input(ctx: KerasContext, layer: Any, tensor: Any, n_spatial: int) -> tuple[ir.Value, layout.Perm, dict]:
-    """The input held channels-first, plus ``pads`` for causal padding (Conv1D only)."""
+def _conv_input(ctx: KerasContext, layer: Any, tensor: Any, n_spatial: int) -> tuple[ir.Value, layout.Perm]:
+    """The input held channels-first (N, C, *spatial), and that layout."""
     perm = layout.for_data_format(layer.data_format, n_spatial + 2)
-    return ctx.get(tensor, perm), perm, {}
+    return ctx.get(tensor, perm), perm
 
 
 def _kernel_to_onnx(kernel: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ def _finish(ctx: KerasContext, layer: Any, y: ir.Value, perm: layout.Perm, outpu
 @HANDLERS.register("Conv1D", "Conv2D", "Conv3D")
 def conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
-    x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
+    x, perm = _conv_input(ctx, layer, inputs[0], n)
     kernel = to_numpy(layer.kernel, np.float32)
     if kernel.ndim != n + 2:
         raise ConversionError(f"expected {n + 2}-D kernel, received {kernel.shape}")
@@ -116,7 +116,7 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 @HANDLERS.register("DepthwiseConv1D", "DepthwiseConv2D")
 def depthwise_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
-    x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
+    x, perm = _conv_input(ctx, layer, inputs[0], n)
     kernel = to_numpy(layer.kernel, np.float32)
     cin = kernel.shape[-2]
     w = ctx.weight(layer, "kernel", _depthwise_kernel(kernel))
@@ -129,7 +129,7 @@ def depthwise_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -
 @HANDLERS.register("SeparableConv1D", "SeparableConv2D")
 def separable_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
-    x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
+    x, perm = _conv_input(ctx, layer, inputs[0], n)
     dk = to_numpy(layer.depthwise_kernel, np.float32)
     pk = to_numpy(layer.pointwise_kernel, np.float32)  # (*1, in*mult, out)
     dw = ctx.weight(layer, "depthwise_kernel", _depthwise_kernel(dk))
@@ -146,7 +146,7 @@ def separable_conv(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -
 @HANDLERS.register("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 def conv_transpose(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     n = layer.rank
-    x, perm, _ = _conv_input(ctx, layer, inputs[0], n)
+    x, perm = _conv_input(ctx, layer, inputs[0], n)
     kernel = to_numpy(layer.kernel, np.float32)  # (*k, out, in)
     # ONNX ConvTranspose wants (in, out, *k)
     w = ctx.weight(layer, "kernel", np.ascontiguousarray(np.transpose(kernel, (n + 1, n, *range(n)))))

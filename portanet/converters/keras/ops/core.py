@@ -15,14 +15,12 @@ from portanet.errors import ConversionError
 #: layers that are the identity at inference time
 IDENTITY_LAYERS = (
     "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Masking",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
 )
 
 
 @HANDLERS.register(*IDENTITY_LAYERS)
 def identity(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
-    if type(layer).__name__ == "Masking":
-        raise ConversionError("Masking needs mask propagation, which is not supported")
     x, perm = ctx.get_any(inputs[0])
     ctx.set(outputs[0], ctx.op("Identity", [x]), perm)
 
