@@ -88,6 +88,8 @@ class Built:
     predict: Callable[[np.ndarray], np.ndarray]
     verify_framework: str | None
     convert_options: Any = None
+    #: the source framework's own forward pass, timed for the "source" latency (None: not in-process)
+    native: Callable[[np.ndarray], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,13 @@ def _pytorch(ctx: Context) -> Built:
 
     example = (torch.from_numpy(ctx.digits.x_test[:1]),)
     model = portanet.convert(ctx.torch_model, example_inputs=example)
-    return Built([ctx.torch_model], model, lambda x: nets.predict_pytorch(ctx.torch_model, x), "pytorch")
+    net = ctx.torch_model
+
+    def native(x: np.ndarray) -> Any:
+        with torch.no_grad():
+            return net(torch.from_numpy(x))
+
+    return Built([net], model, lambda x: nets.predict_pytorch(net, x), "pytorch", native=native)
 
 
 @framework("keras", "Keras", "Keras (TensorFlow)", "trained natively",
@@ -161,7 +169,8 @@ def _keras(ctx: Context) -> Built:
     model_k = ctx.keras_models[0]
     # NCHW input like every other row, so the same images feed all converted models
     model = portanet.convert(model_k, nchw=True)
-    return Built([model_k], model, lambda x: nets.predict_keras(model_k, x), "keras", ConvertOptions(nchw=True))
+    return Built([model_k], model, lambda x: nets.predict_keras(model_k, x), "keras", ConvertOptions(nchw=True),
+                 native=lambda x: model_k(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), training=False))
 
 
 @framework("caffe", "Caffe", "OpenCV DNN (Caffe importer)", "from PyTorch", _no_trained_torch)
@@ -173,7 +182,15 @@ def _caffe(ctx: Context) -> Built:
     sources = [prototxt, caffemodel]
     model = portanet.convert(*map(str, sources))
     opts = ConvertOptions()
-    return Built(sources, model, _reference_predict("caffe", sources, model, opts), "caffe", opts)
+    import cv2
+
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+
+    def native(x: np.ndarray) -> Any:
+        net.setInput(x)
+        return net.forward()
+
+    return Built(sources, model, _reference_predict("caffe", sources, model, opts), "caffe", opts, native)
 
 
 def _mxnet_missing(ctx: Context) -> str | None:
@@ -249,7 +266,7 @@ def check_parity(ctx: Context, case: FrameworkCase, built: Built, row: Framework
 def measure(ctx: Context, case: FrameworkCase, row: FrameworkRow) -> None:
     """Convert, verify, evaluate and benchmark one framework; fills ``row``."""
     import portanet
-    from portanet.runtime.bench import bench_model
+    from portanet.runtime.bench import bench_model, summarize, time_callable
 
     built = case.build(ctx)
     check_parity(ctx, case, built, row)
@@ -261,6 +278,11 @@ def measure(ctx: Context, case: FrameworkCase, row: FrameworkRow) -> None:
     row.source_accuracy = nets.accuracy(built.predict(ctx.digits.x_test), y)
     for b in BACKENDS:
         row.accuracy[b] = nets.accuracy(run_backend(built.model, b, ctx.digits.x_test), y)
+    if built.native is not None:
+        for n in BATCH_SIZES:
+            x = np.ascontiguousarray(ctx.digits.x_test[:n])
+            times = time_callable(lambda _feeds, x=x: built.native(x), {}, **ctx.bench)
+            row.latency_ms[f"source/{n}"] = summarize("source", "cpu", n, times).p50_ms
     for res in bench_model(built.model, backends=BACKENDS, batch_sizes=BATCH_SIZES, **ctx.bench):
         row.latency_ms[f"{res.backend}/{res.batch}"] = res.p50_ms
 
@@ -337,6 +359,9 @@ def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+    import cv2
+
+    cv2.setNumThreads(n)
     try:
         import tensorflow as tf
 

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 #: (backend, batch size) pairs whose p50 latency the table shows, in column order
-LATENCY_COLUMNS: tuple[tuple[str, int], ...] = (("ort", 1), ("ort", 64), ("torch", 1), ("torch", 64))
+LATENCY_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("source", 1), ("source", 64), ("ort", 1), ("ort", 64), ("torch", 1), ("torch", 64))
+#: the backends running the converted model
+CONVERTED = ("ort", "torch")
 
 
 @dataclass
@@ -116,7 +119,7 @@ def table_rows(result: CaseStudyResult) -> list[list[str]]:
         if not r.ok:
             out.append([r.title, r.reference or "—", r.weights or "—"] + ["—"] * (len(HEADERS) - 4) + [r.status])
             continue
-        conv = " / ".join(_pct(r.accuracy.get(b)) for b in ("ort", "torch"))
+        conv = " / ".join(_pct(r.accuracy.get(b)) for b in CONVERTED)
         train = f"{r.train_seconds_per_epoch:.2f}" if r.train_seconds_per_epoch is not None else "—"
         lat = [_ms(r.latency_ms.get(f"{b}/{n}")) for b, n in LATENCY_COLUMNS]
         verdict = {True: "pass", False: "FAIL", None: "—"}[r.parity_passed]
@@ -142,8 +145,11 @@ What the columns mean:
 - **Converted acc. (ORT / torch)**: top-1 accuracy of portanet's converted model on ONNX Runtime and
   on portanet's torch backend.
 - **Train s/epoch**: median wall-clock seconds per native training epoch (frameworks trained here only).
-- **ort/torch bN ms**: median (p50) latency of one inference call of the converted model at batch
-  size N, after warm-up (`portanet.runtime.bench`), on this machine's CPU.
+- **source bN ms**: median (p50) latency of one inference call of the source model in its own
+  framework at batch size N (PyTorch eager, a Keras call, OpenCV DNN's forward); "—" where the
+  source runs only in another process (mxnet) or nowhere (CNTK).
+- **ort/torch bN ms**: the same for the converted model on ONNX Runtime and on portanet's torch
+  backend (`portanet.runtime.bench`: warm-up, then timed runs), on this machine's CPU.
 - **Max parity err**: the largest absolute difference between the source framework's output
   probabilities and the converted model's, over both backends and all parity images.
 - **Parity**: *pass* when every output element satisfies |converted - source| <= atol + rtol * |source|.
@@ -189,8 +195,8 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
 
 
 #: the terminal table drops the descriptive columns (1, 2: in report.md) to fit 100 columns
-_SHORT = ["Framework", "Src acc", "ORT / torch acc", "s/epoch", "ort b1", "ort b64", "torch b1", "torch b64",
-          "max err", "parity"]
+_SHORT = (["Framework", "Src acc", "ORT / torch acc", "s/epoch"] + [f"{b} b{n}" for b, n in LATENCY_COLUMNS]
+          + ["max err", "parity"])
 
 
 def rich_table(result: CaseStudyResult) -> Any:
@@ -240,7 +246,7 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
         ax.legend(fontsize=8)
     ax = axes[-1]
     series = [("source", [r.source_accuracy for r in rows])] + [
-        (f"converted ({b})", [r.accuracy.get(b) for r in rows]) for b in backends]
+        (f"converted ({b})", [r.accuracy.get(b) for r in rows]) for b in CONVERTED]
     width = 0.8 / len(series)
     for i, (label, vals) in enumerate(series):
         ys = [100 * v if v is not None else np.nan for v in vals]
