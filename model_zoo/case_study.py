@@ -68,7 +68,6 @@ class Context:
     out: Path
     digits: nets.Digits
     settings: nets.TrainSettings
-    quick: bool
     parity_images: int
     bench: dict[str, Any]
     torch_model: Any = None
@@ -445,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.advance(overall)
 
         stage("loading data")
-        ctx = Context(out, digits, settings, args.quick, 64, bench, tools=_tool_versions())
+        ctx = Context(out, digits, settings, 64, bench, tools=_tool_versions())
         step()
 
         stage("training PyTorch")
