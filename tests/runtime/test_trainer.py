@@ -145,6 +145,30 @@ def test_training_matches_native_pytorch(mlp_path, small_npz, optimizer, loss, l
         np.testing.assert_allclose(trained[name], want, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
+def test_nhwc_model_input_gets_channels_last(tmp_path, small_npz):
+    """A model taking (N, 28, 28, 1) (a Keras-style input) receives MNIST with the channel last."""
+    from tests.runtime.trainer_models import export_onnx
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_mlp_module(seed=0)
+
+        def forward(self, x):
+            return self.net(x.permute(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
+
+    path = export_onnx(ChannelsLast(), tmp_path / "nhwc.onnx", (1, 28, 28, 1))
+    trainer = Trainer(portanet.convert(str(path)), epochs=1, lr=0.05, seed=4, normalize=False)
+    trainer.fit(small_npz)
+    assert trainer.summary()["data"]["layout"] == "add-channel-last"
+    trained = _weights(trainer.export())
+    s = load_data(small_npz)
+    ref = _native_run(lambda: small_mlp_module(seed=0), (s.train.x.astype(np.float32) / np.float32(255.0))[:, None],
+                      s.train.y, optimizer="sgd", lr=0.05, loss="cross_entropy", epochs=1, batch=64, seed=4)
+    for name, want in ref.items():
+        np.testing.assert_allclose(trained[f"net.{name}"], want, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
 def test_evaluation_matches_a_direct_computation(mlp_path, small_npz):
     trainer = Trainer(portanet.convert(str(mlp_path)), epochs=1, lr=0.05, normalize=False)
     history = trainer.fit(small_npz)
