@@ -20,7 +20,7 @@ import keyword
 import logging
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -313,8 +313,8 @@ def lower_graph(model: ir.Model) -> TorchModule:
         results.append(ctx.lift(r, "out") if isinstance(r, torch.Tensor) else r)
     fgraph.output(results[0] if len(results) == 1 else tuple(results))
     gm = fx.GraphModule(root, fgraph, class_name="PortanetGraph")
+    log.debug(
+        "lowered %d IR nodes to %d fx nodes; %d parameters/buffers",
+        len(graph), len(fgraph.nodes), len(param_ir_names),
+    )
     return TorchModule(gm, input_names, [v.name or "" for v in graph.outputs], param_ir_names)
-
-
-def lowered_param_names(module: TorchModule) -> Iterable[str]:
-    return module.param_ir_names.keys()

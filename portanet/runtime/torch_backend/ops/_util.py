@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 import torch
 
@@ -70,7 +69,3 @@ def output_used(node: ir.Node, i: int) -> bool:
     if not v.name:
         return False
     return bool(v.uses()) or v.is_graph_output()
-
-
-def np_dtype(t: torch.dtype) -> np.dtype:
-    return torch.empty((), dtype=t).numpy().dtype

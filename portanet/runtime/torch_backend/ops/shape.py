@@ -350,7 +350,8 @@ def _s2d(ctx, node, x):
 
 
 # -- TopK / CumSum / Trilu ---------------------------------------------------------------------
-def topk(x: torch.Tensor, k: Any, axis: int, largest: int, sorted_: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(x: torch.Tensor, k: Any, axis: int, largest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # the result is always sorted (allowed for sorted=0, where the order is unspecified)
     kk = _list(k)[0]
     # a stable sort keeps ONNX's tie rule (the lower index first); torch.topk does not promise it
     values, indices = torch.sort(x, dim=axis, descending=bool(largest), stable=True)
@@ -360,8 +361,7 @@ def topk(x: torch.Tensor, k: Any, axis: int, largest: int, sorted_: int) -> tupl
 @register("TopK")
 def _topk(ctx, node, x, k):
     out = ctx.call(
-        topk, x, _maybe_list(ctx, k), int(attr(node, "axis", -1)), int(attr(node, "largest", 1)),
-        int(attr(node, "sorted", 1)),
+        topk, x, _maybe_list(ctx, k), int(attr(node, "axis", -1)), int(attr(node, "largest", 1))
     )
     return ctx.unpack(out, 2)
 
