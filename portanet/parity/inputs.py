@@ -73,11 +73,20 @@ def _random(shape: list[int], dtype: np.dtype, rng: np.random.Generator) -> np.n
 
 
 def parse_shape_sets(specs: Sequence[str] | None) -> list[dict[str, list[int | str]]]:
-    """``["1x3x224x224", "data=4x3x224x224"]`` -> one {input name or '': dims} per run."""
-    out = []
+    """Shape specs -> one {input name or '': dims} per run.
+
+    ``["1x3x224x224", "4x3x224x224"]`` is two runs of a single-input model; named specs group
+    into one run until a name repeats: ``["a=1x3x8x8", "b=1x5", "a=4x3x8x8", "b=4x5"]`` is two
+    runs of a two-input model.
+    """
+    out: list[dict[str, list[int | str]]] = []
     for spec in specs or []:
-        name, sep, shape = spec.rpartition("=")
-        out.append({name if sep else "": parse_shape(shape if sep else spec)})
+        name, sep, shape = spec.strip().rpartition("=")
+        key = name if sep else ""
+        dims = parse_shape(shape if sep else spec)
+        if not out or key == "" or key in out[-1] or "" in out[-1]:
+            out.append({})
+        out[-1][key] = dims
     return out
 
 

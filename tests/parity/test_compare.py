@@ -49,3 +49,11 @@ def test_shape_mismatch_and_nan_fail_with_a_reason():
     assert not s.passed and "shape" in s.problem
     s = compare(np.ones(3), np.array([1.0, np.nan, 1.0]))
     assert not s.passed and "NaN" in s.problem
+
+
+def test_shape_sets_group_named_inputs():
+    from portanet.parity.inputs import parse_shape_sets
+
+    assert parse_shape_sets(["1x3x8x8", "4x3x8x8"]) == [{"": [1, 3, 8, 8]}, {"": [4, 3, 8, 8]}]
+    assert parse_shape_sets(["a=1x3", "b=1x5", "a=4x3", "b=4x5"]) == [
+        {"a": [1, 3], "b": [1, 5]}, {"a": [4, 3], "b": [4, 5]}]
