@@ -150,6 +150,11 @@ class TorchBackend(Backend):
             arr = _to_numpy(t)
             result[n] = arr.astype(want) if want is not None and arr.dtype != want else arr
         names = list(output_names) if output_names else self.module.output_names
+        unknown = [n for n in names if n not in result]
+        if unknown:
+            raise RuntimeBackendError(
+                f"unknown output(s) {', '.join(unknown)}; the model outputs {', '.join(self.module.output_names)}"
+            )
         return {n: result[n] for n in names}
 
 

@@ -156,3 +156,11 @@ def test_cuda_matches_cpu() -> None:
     with torch.no_grad():
         np.testing.assert_allclose(gpu(x.cuda()).cpu().numpy(), cpu(x).numpy(), rtol=1e-4, atol=1e-5)
     _train(gpu.cpu().cuda(), steps=1, seed=0)
+
+
+def test_session_rejects_unknown_output_names() -> None:
+    from portanet.errors import RuntimeBackendError
+
+    session = Session(small_cnn(), backend="torch")
+    with pytest.raises(RuntimeBackendError, match="unknown output"):
+        session.run(session.random_feeds(batch=1), output_names=["conv1"])
