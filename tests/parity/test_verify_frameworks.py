@@ -72,6 +72,20 @@ def test_keras_corrupted_layer_is_named(keras_cnn, tmp_path, corrupt):
     assert report["bisect"]["layer"] == "conv2" and report["bisect"]["last_good"] == "pool1"
 
 
+def test_keras_two_inputs_three_outputs_shared_layers():
+    pytest.importorskip("keras")
+    from model_zoo.keras.models import save_model
+
+    path = save_model("two_input_shared")
+    report = portanet.verify(path, shapes=["left=3x16x16x3", "right=3x16x16x3"], train=True, bisect=True)
+    assert report.passed, report.summary()
+    assert {r.output for r in report.results} == {"head", "diff", "similarity"}
+    assert report.input_shapes == [{"left": [3, 16, 16, 3], "right": [3, 16, 16, 3]}]
+    # shared conv/bn used by both towers: one parameter each, gradients summed over both uses
+    assert len(report.gradients.params) == 6 and not report.gradients.unmatched
+    assert report.bisect is not None and not report.bisect.found and report.bisect.compared > 0
+
+
 # ------------------------------------------------------------------------------------ Caffe
 @pytest.fixture(scope="module")
 def caffe_resnet():
