@@ -3,6 +3,7 @@ layer called twice, custom layers and raw keras.ops calls reported in one error.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.converters.keras.conftest import assert_parity, random_inputs
@@ -78,3 +79,22 @@ def test_unbuilt_sequential() -> None:
 
     with pytest.raises(ConversionError, match="not built"):
         portanet.convert(keras.Sequential([L.Dense(2)]))
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_unknown_spatial_size_same_padding(nchw: bool) -> None:
+    """(None, None, 3) inputs: TensorFlow's SAME padding becomes auto_pad=SAME_UPPER, exact at any size."""
+    import portanet
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((None, None, 3), name="x")
+    x = L.Conv2D(4, 3, strides=2, padding="same")(i)
+    x = L.DepthwiseConv2D(3, strides=2, padding="same")(x)
+    x = L.AveragePooling2D(3, 2, padding="same")(x)
+    x = L.MaxPooling2D(3, 2, padding="same")(x)
+    model = keras.Model(i, [x, L.GlobalAveragePooling2D()(x)])
+    ir_model = portanet.convert(model, nchw=nchw)
+    rng = np.random.default_rng(0)
+    for hw in [(17, 23), (32, 9)]:
+        xs = [rng.standard_normal((2, *hw, 3)).astype(np.float32)]
+        assert_parity(ir_model, model, xs, nchw)
