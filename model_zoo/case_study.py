@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     if not console.is_terminal:  # piped or captured: room for the whole table
-        console = Console(width=max(console.width, 130))
+        console = Console(width=max(console.width, 150))
     logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     started = time.perf_counter()
