@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: intermediate tensors compared per step (per side): the memory bound of a bisection
 DEFAULT_CHUNK = 16
+#: node metadata the optimizer writes when it folds source layers into a node
+FUSED_KEY = "portanet.fused"
 
 
 @dataclass
@@ -83,14 +85,22 @@ def layer_points(model: ir.Model, *, hierarchical: bool = False) -> list[LayerPo
     ``hierarchical`` (PyTorch module paths): a module's output is the last node of its whole
     subtree (``layer1.0`` ends with ``layer1.0.relu``), and when several modules share one
     value only the innermost is kept. Layers whose value is not a float tensor (shape
-    arithmetic), a graph input or a constant are left out.
+    arithmetic), a graph input or a constant are left out, and so are layers the optimizer
+    folded together (``portanet.fused``): their IR values match no single source layer.
     """
     last: dict[str, tuple[int, ir.Node]] = {}
     own: dict[str, list[ir.Node]] = {}
     types: dict[str, str] = {}
+    # layers the optimizer folded into another node (Conv+BatchNormalization, Pad into Conv)
+    # no longer have a value of their own, and the node they were folded into holds a mix
+    folded: set[str] = set()
+    for node in model.graph:
+        folded.update(n for n in node.metadata_props.get(FUSED_KEY, "").split(",") if n)
     for i, node in enumerate(model.graph):
         src = source_of(node)
         if src is None or not node.outputs:
+            continue
+        if FUSED_KEY in node.metadata_props or src[0] in folded:
             continue
         own.setdefault(src[0], []).append(node)
         types.setdefault(src[0], src[1])

@@ -88,3 +88,21 @@ def test_given_inputs_through_cli(tmp_path):
 
     data = json.loads(rep.read_text())
     assert data["inputs"] == {"kind": "given", "shapes": [{"x": [3, 1, 32, 32]}]}
+
+
+def test_folded_layers_are_not_reported_as_divergent(resnet_parts):
+    """-O2 folds BatchNorm into Conv: the Conv's value is the BatchNorm's output, which must
+    not be compared with the source Conv (a false divergence)."""
+    module, model = resnet_parts
+    optimized = portanet.optimize(ir_copy(model), level=2)
+    assert not any(n.op_type == "BatchNormalization" for n in optimized.graph)
+    report = portanet.verify(module, onnx=optimized, bisect=True, backends=["ort"], shapes=["2x3x64x64"])
+    assert report.passed, report.summary()
+    assert report.bisect.compared > 0 and not report.bisect.found
+    assert all(not p.layer.endswith(("conv1", "conv2", "bn1", "bn2")) for p in layer_points(optimized, hierarchical=True))
+
+
+def ir_copy(model):
+    import onnx_ir as ir
+
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
