@@ -70,7 +70,8 @@ def test_case_study_cnn_reaches_95_percent_with_portanet_train(case_study_path, 
     """The untrained case-study CNN, exported by torch.onnx and trained by `portanet train`."""
     out = tmp_path / "trained.onnx"
     res = CliRunner().invoke(cli, ["train", str(case_study_path), "-o", str(out), "--epochs", "5",
-                                   "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--seed", "0"])
+                                   "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--seed", "0",
+                                   "--schedule", "cosine"])
     assert res.exit_code == 0, res.output
     log = json.loads((tmp_path / "trained.train.json").read_text())
     assert [h["epoch"] for h in log["history"]] == [1, 2, 3, 4, 5]
