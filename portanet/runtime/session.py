@@ -140,7 +140,7 @@ class Session:
                         raise InvalidInputError(
                             f"input '{name}' expects shape {list(info.shape)}, received {list(a.shape)} (dim {i})"
                         )
-            out[name] = np.ascontiguousarray(a)
+            out[name] = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # keeps 0-d arrays 0-d
         return out
 
     def run(

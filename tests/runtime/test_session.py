@@ -72,3 +72,13 @@ def test_unknown_backend_and_device():
         Session(_model(), backend="tvm")
     with pytest.raises(InvalidInputError, match="unknown device"):
         Session(_model(), device="tpu")
+
+
+def test_scalar_feed_stays_scalar():
+    g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    out = Session(m).run({"x": np.ones(3, np.float32), "s": np.float32(2.0)})
+    np.testing.assert_array_equal(out["y"], [2.0, 2.0, 2.0])
