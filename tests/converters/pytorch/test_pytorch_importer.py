@@ -84,8 +84,7 @@ def test_static_batch_and_training_mode_restored():
 def test_pt2_cli_round_trip(tmp_path):
     pt2 = save_pt2("lenet5")
     out = tmp_path / "lenet.onnx"
-    # -O0: this test is about the importer; optimizer passes have their own equivalence tests
-    res = CliRunner().invoke(cli, ["convert", str(pt2), "-o", str(out), "-O", "0"])
+    res = CliRunner().invoke(cli, ["convert", str(pt2), "-o", str(out)])  # the documented command, default -O1
     assert res.exit_code == 0, res.output
     model = portanet.load(out)
     assert {n.metadata_props.get(SOURCE_KEY) for n in model.graph} >= {"conv1", "conv2", "fc1", "fc2", "fc3"}
