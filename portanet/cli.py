@@ -578,6 +578,7 @@ def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_
         # check every input here, where errors become one line, before starting workers
         train_files(spec["model"], spec["data"], None, config=TrainConfig(**{**spec["config"], "device": "cpu"}),
                     dry_run=True)
+        distributed.check_devices(device, nproc)
         console().print(f"starting {nproc} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
         result = distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
     else:

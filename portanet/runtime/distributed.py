@@ -99,6 +99,16 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
     raise InvalidInputError(f"unknown device '{device}'; use cpu or cuda")
 
 
+def check_devices(device: str, nproc: int) -> None:
+    """Before launching ``nproc`` local workers on ``device``: one GPU per worker must exist."""
+    resolve_device(device)
+    if device.startswith("cuda"):
+        torch = require("torch")
+        have = torch.cuda.device_count()
+        if nproc > have:
+            raise InvalidInputError(f"--nproc {nproc} with --device cuda needs {nproc} GPUs, this machine has {have}")
+
+
 def setup(device: str = "cpu") -> DistContext:
     """Join the process group described by the environment, or return a single-process context.
 

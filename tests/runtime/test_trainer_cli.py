@@ -99,3 +99,20 @@ def test_resume_continues_from_the_last_checkpoint(mlp_path, tmp_path):
     assert second.exit_code == 0, second.output
     assert "resumed from" in second.output and "epoch-001.pt" in second.output
     assert "trained 2 epoch(s)" in second.output
+
+
+def test_nproc_checks_inputs_before_starting_workers(mlp_path, tmp_path):
+    x, y = _digits(64, labels_upto=12)
+    y[0] = 11
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    msg = _fails([str(mlp_path), "--data", str(tmp_path / "d.npz"), "--nproc", "2"], tmp_path / "t.onnx")
+    assert "has 10 classes" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_nproc_cuda_without_gpus(mlp_path, tmp_path):
+    x, y = _digits(64)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    msg = _fails([str(mlp_path), "--data", str(tmp_path / "d.npz"), "--nproc", "2", "--device", "cuda"],
+                 tmp_path / "t.onnx")
+    assert "device 'cuda' requested but torch sees no CUDA device" in msg
