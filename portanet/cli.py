@@ -470,7 +470,7 @@ def _print_verify(report) -> None:
     g = report.gradients
     if g is not None:
         gt = Table(title=f"gradients: loss {g.loss_source:.6g} (source) vs {g.loss_ir:.6g} (portanet torch backend), "
-                         f"{len(g.params)} parameters")
+                         f"{len(g.params)} parameters, worst 5 shown")
         for col in ("parameter", "initializer", "max abs err", "max rel err", "cosine", "result"):
             gt.add_column(col)
         for name, ir_name, s in g.worst(5):
