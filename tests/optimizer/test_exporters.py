@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 import portanet
@@ -136,9 +137,15 @@ def test_torch_export_optimized(torch_exports, name):
 
 def test_level1_keeps_training_semantics(torch_exports):
     path, expected, x = torch_exports["res_pad_net"]
-    bns = sum(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
+    proto = onnx.load(str(path))
+    bns = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    params = sorted((t.name, tuple(t.dims)) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     model = portanet.optimize(portanet.load(path), level=1, check=True)
     assert bns >= 1 and ops(model)["BatchNormalization"] == bns
+    # level 1 neither creates nor removes a trainable parameter (float initializer)
+    kept = sorted((v.name, tuple(v.const_value.shape)) for v in model.graph.initializers.values()
+                  if v.const_value.dtype == ir.DataType.FLOAT)
+    assert kept == params
     np.testing.assert_allclose(ort_run(model, {"x": x})[0], expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
 
 
