@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
-import onnx
 import onnx_ir as ir
 
 from portanet.errors import InvalidInputError
@@ -51,12 +51,20 @@ def dims_of(value: ir.Value) -> list[int | str | None] | None:
 
 
 def infer_shapes(model: ir.Model, *, strict: bool = False) -> ir.Model:
-    """Run ONNX shape inference and return a new IR model with every value annotated."""
-    proto = ir.serde.serialize_model(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
-    except Exception as exc:  # onnx raises several internal exception types
-        if strict:
+    """Annotate every value of ``model`` in place with ONNX shape inference; returns ``model``.
+
+    Large initializers are held aside while onnx runs (onnx_ir's pass serializes the graph
+    without their data), so a ResNet-50-sized model is not copied through protobuf.
+    Inference failures leave the model as it was unless ``strict``.
+    """
+    from onnx_ir.passes.common.shape_inference import ShapeInferencePass
+
+    if strict:
+        try:
+            ShapeInferencePass(check_type=True, strict_mode=True, data_prop=True)(model)
+        except Exception as exc:  # onnx raises several internal exception types
             raise InvalidInputError(f"shape inference failed: {exc}") from exc
         return model
-    return ir.serde.deserialize_model(inferred)
+    logging.getLogger("onnx_ir.passes.common.shape_inference").setLevel(logging.ERROR)
+    ShapeInferencePass(check_type=True, strict_mode=False, data_prop=True)(model)
+    return model

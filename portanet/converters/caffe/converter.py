@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from portanet.converters.caffe import net as caffe_net
@@ -24,6 +23,7 @@ from portanet.converters.caffe.ops.normalization import can_fuse_scale
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, InvalidModelError
 from portanet.ir.builder import BATCH, GraphBuilder
+from portanet.ir.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -234,47 +234,9 @@ class _Converter:
         self.b.add_output(out.value)
 
 
-#: initializers up to this many elements keep their data for shape inference (shape constants)
-_SHAPE_DATA_LIMIT = 64
-
-
 def annotate_shapes(model: ir.Model) -> None:
-    """ONNX shape inference without serializing the weights: large initializers are stood in
-    for by external-data references (dims and type only), then the inferred types and shapes
-    are copied onto the IR values in place. Saves seconds on ResNet-50-sized nets."""
-    graph = model.graph
-    saved: dict[str, Any] = {}
-    for name, value in graph.initializers.items():
-        tensor = value.const_value
-        if tensor is not None and tensor.size > _SHAPE_DATA_LIMIT:
-            saved[name] = tensor
-            value.const_value = ir.ExternalTensor(
-                "shape-only", offset=0, length=tensor.nbytes, dtype=tensor.dtype,
-                shape=tensor.shape, name=tensor.name or name,
-            )
-    try:
-        proto = ir.serde.serialize_model(model)
-    finally:
-        for name, tensor in saved.items():
-            graph.initializers[name].const_value = tensor
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception as exc:  # noqa: BLE001 - onnx raises several internal types; shapes are optional
-        log.debug("shape inference failed: %s", exc)
-        return
-    infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
-    for node in graph:
-        for out in node.outputs:
-            vi = infos.get(out.name or "")
-            if vi is None or not vi.type.HasField("tensor_type"):
-                continue
-            tt = vi.type.tensor_type
-            if tt.elem_type:
-                out.type = ir.TensorType(ir.DataType(tt.elem_type))
-            if tt.HasField("shape"):
-                out.shape = ir.Shape([
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-                ])
+    """Annotate every value with ONNX shape inference (weights held aside, in place)."""
+    infer_shapes(model)
 
 
 def convert_files(paths: Sequence[Path], options: ConvertOptions) -> ir.Model:

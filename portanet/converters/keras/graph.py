@@ -21,6 +21,7 @@ from portanet.converters.keras.ops import HANDLERS
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError
 from portanet.ir.builder import BATCH, GraphBuilder
+from portanet.ir.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +205,7 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
         b.outputs.append(value)
     extra = {"portanet.keras.layouts": _layouts_json(ctx.layer_perms)}
     model_ir = b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra, infer=False)
-    return _infer_shapes(model_ir)
-
-
-def _infer_shapes(model: ir.Model) -> ir.Model:
-    """ONNX shape inference with the weights held aside (onnx_ir's pass strips large
-    initializers before calling onnx), so big models are not serialized with their weights."""
-    from onnx_ir.passes.common.shape_inference import ShapeInferencePass
-
-    ShapeInferencePass(check_type=True, strict_mode=False, data_prop=True)(model)
-    return model
+    return infer_shapes(model_ir)
 
 
 def _layouts_json(perms: dict[str, layout.Perm]) -> str:
