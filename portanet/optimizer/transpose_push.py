@@ -9,7 +9,9 @@ inverse Transpose (both vanish), a second Transpose with the same ``p`` on a bin
 become one), a ``keepdims=0`` reduction whose surviving axes keep their order (the reduction
 takes ``x`` with remapped axes and no Transpose is left: the NHWC global pooling of
 squeeze-and-excitation blocks), or a Reshape/Flatten feeding a MatMul/Gemm with constant weights (the
-``gemm_input`` pass permutes the weight rows instead). Otherwise the graph is left alone.
+``gemm_input`` pass permutes the weight rows instead). Otherwise the graph is left alone,
+except that a Transpose right after an elementwise op on a graph input climbs over it onto
+the input (the NHWC image scaling then reaches, and folds into, the first Conv).
 """
 
 from __future__ import annotations
@@ -165,7 +167,50 @@ class PushTransposes(OptimizerPass):
             if new_t is not None:
                 modified = True
                 work.append(new_t)
+        for t in [n for n in graph if _perm(n) is not None]:
+            modified |= self._up_to_input(graph, namer, t)
         return modified
+
+    def _up_to_input(self, graph: ir.Graph, namer: Namer, t: ir.Node) -> bool:
+        """``Transpose(op(x, c))`` with ``x`` a graph input and ``c`` constants becomes
+        ``op(Transpose(x), c')``: the Transpose moves onto the model's interface, and the
+        elementwise op can then meet (and fold into) the layer after it - the ``x / 255``
+        of an NHWC image model ends up in the first Conv."""
+        perm = _perm(t)
+        src = t.inputs[0]
+        op = src.producer() if src is not None else None
+        if perm is None or op is None or op.domain != "" or only_consumer(src) is not t or len(op.outputs) != 1:
+            return False
+        if op.op_type not in UNARY and op.op_type not in BINARY:
+            return False
+        r = len(perm)
+        live = [j for j, v in enumerate(op.inputs) if v is not None and const_array(v) is None]
+        if len(live) != 1 or not op.inputs[live[0]].is_graph_input() or rank_of(op.inputs[live[0]]) != r:
+            return False
+        if op.op_type in BINARY and rank_of(src) != r:
+            return False
+        if op.op_type in UNARY and not all(v is None or _scalar_like(v) for v in op.inputs[1:]):
+            return False
+        consts = [(j, const_array(v)) for j, v in enumerate(op.inputs) if j not in live and v is not None]
+        if any(c.ndim > r or not self.may_rewrite(op.inputs[j]) for j, c in consts if c.ndim > 0):
+            return False
+        x = op.inputs[live[0]]
+        new_t = ir.Node("", "Transpose", [x], [ir.AttrInt64s("perm", perm)],
+                        outputs=[ir.Value(name=namer(f"{x.name or 'x'}_t"), type=x.type,
+                                          shape=None if x.shape is None else ir.Shape([x.shape[p] for p in perm]))],
+                        name=namer(f"{t.name or 'Transpose'}_up"), metadata_props=dict(t.metadata_props))
+        graph.insert_before(op, new_t)
+        op.replace_input_with(live[0], new_t.outputs[0])
+        for j, c in consts:
+            if c.ndim > 0 and not all(d == 1 for d in c.shape):
+                full = c.reshape((1,) * (r - c.ndim) + c.shape)
+                op.replace_input_with(j, add_initializer(graph, namer, full.transpose(perm),
+                                                         f"{op.inputs[j].name or 'c'}_t"))
+        src.shape = t.outputs[0].shape
+        if not replace_value(t.outputs[0], src):
+            raise AssertionError("Transpose moved to the input could not hand over its output")
+        graph.remove(t, safe=True)
+        return True
 
     def _worthwhile(self, t: ir.Node, perm: list[int]) -> bool:
         value = t.outputs[0]

@@ -498,3 +498,20 @@ def test_shape_inference_annotates_every_value_and_keeps_the_batch_symbolic():
     shapes = {o.name: [d if isinstance(d, int) else d.value for d in o.shape] for n in model.graph for o in n.outputs}
     assert shapes == {"c": ["N", 3, 3, 3], "r": ["N", 3, 3, 3], "y": ["N", 27]}
     assert [d if isinstance(d, int) else d.value for d in model.graph.inputs[0].shape] == ["N", 2, 5, 5]
+
+
+def test_nhwc_input_scaling_moves_behind_the_input_transpose_and_into_the_conv():
+    proto = make([node("Mul", ["x", "s"], ["m"]), node("Add", ["m", "c"], ["a"]),
+                  node("Transpose", ["a"], ["t"], perm=[0, 3, 1, 2]), node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1])],
+                 [tensor_input("x", [N, 5, 5, 3])], [("y", [N, 4, 5, 5])],
+                 [init("s", np.array(1 / 255, np.float32)), init("c", rand(3, seed=2)), init("w", rand(4, 3, 3, 3))])
+    # the Transpose only climbs over an op reading the graph input (here: an Add reading a Mul)
+    model = check_pass(proto, ["push_transposes"], fires=False)
+    assert ops(model)["Transpose"] == 1
+    simple = make([node("Mul", ["x", "s"], ["m"]), node("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
+                   node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1])],
+                  [tensor_input("x", [N, 5, 5, 3])], [("y", [N, 4, 5, 5])],
+                  [init("s", rand(3, seed=3)), init("w", rand(4, 3, 3, 3))])
+    model = check_pass(simple, None, fires=True)
+    assert ops(model) == {"Transpose": 1, "Conv": 1}
+    assert next(iter(model.graph)).inputs[0].is_graph_input()
