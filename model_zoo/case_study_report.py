@@ -169,7 +169,8 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
         + (f" (at most {s['max_batches']} per epoch)" if s.get("max_batches") else "")
         + f", cross-entropy on the logits, SGD lr {s.get('lr')} momentum {s.get('momentum')}, "
         f"learning rate x{s.get('gamma')} after each epoch. Parity: {result.parity_images} test images, "
-        f"rtol={result.rtol:g}, atol={result.atol:g}.\n",
+        f"rtol={result.rtol:g}, atol={result.atol:g}. "
+        f"PyTorch/TensorFlow/OpenCV threads: {s.get('threads') or 'their defaults'}.\n",
         markdown_table(result),
         f"\n![latency and accuracy per framework]({picture})\n",
         "\n" + COLUMN_NOTES,
