@@ -242,7 +242,8 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
             ys = [r.latency_ms.get(f"{b}/{n}", np.nan) for r in rows]
             ax.bar(xs + (i - (len(backends) - 1) / 2) * width, ys, width, label=b)
         ax.set_title(f"p50 latency, batch {n}")
-        ax.set_ylabel("ms")
+        ax.set_yscale("log")  # ORT's tens of microseconds next to a Keras call's milliseconds
+        ax.set_ylabel("ms (log scale)")
         ax.set_xticks(xs, names, rotation=20)
         ax.legend(fontsize=8)
     ax = axes[-1]
