@@ -109,6 +109,8 @@ class Pipeline:
         if not self.passes:
             return result
         guard = Guard(model, rtol=self.rtol, atol=self.atol, feeds=self.feeds) if self.check else None
+        # an untouched copy, to compare a second batch size at the end
+        original = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if self.check else None
         sig = signature(model)
         for round_ in range(1, self.max_rounds + 1):
             result.rounds = round_
@@ -140,19 +142,16 @@ class Pipeline:
             log.warning("optimizer stopped after %d rounds without reaching a fixed point", self.max_rounds)
         if guard is not None:
             result.total_change = guard.total().max_abs
-            self._check_other_batch(guard, model)
+            self._check_other_batch(guard, original, model)
         result.after = ModelStats.of(model)
         return result
 
-    def _check_other_batch(self, guard: Guard, model: ir.Model) -> None:
+    def _check_other_batch(self, guard: Guard, original: ir.Model, model: ir.Model) -> None:
         """A second probe with another batch size catches passes that baked the batch in."""
         if self.feeds is not None or not guard.feeds:
             return
         from portanet.optimizer.guard import probe_feeds, run_ort
 
-        original = self._original
-        if original is None:
-            return
         feeds = probe_feeds(original, batch=3, seed=1)
         if all(f.shape == guard.feeds[k].shape for k, f in feeds.items() if k in guard.feeds):
             return  # no symbolic dims: nothing new to learn
@@ -162,8 +161,6 @@ class Pipeline:
                 f"optimized model differs from the original at batch 3 on output '{change.output}' "
                 f"by {change.max_abs:.3g}"
             )
-
-    _original: ir.Model | None = None
 
 
 def optimize(
@@ -202,8 +199,4 @@ def optimize_with_report(
 ) -> OptimizeResult:
     """Like :func:`optimize`, returning an :class:`OptimizeResult` with stats and pass records."""
     pipeline = Pipeline(level, passes, check=check, rtol=rtol, atol=atol, feeds=feeds, max_rounds=max_rounds)
-    if check:
-        ir.external_data.load_to_model(model)
-        # keep an untouched copy to compare a second batch size at the end
-        pipeline._original = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     return pipeline.run(model)

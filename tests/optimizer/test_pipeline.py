@@ -90,6 +90,29 @@ class _PinBatch(OptimizerPass):
         return True
 
 
+class _BakeBatch(OptimizerPass):
+    """A deliberately wrong pass: hard-codes the probe batch (2) into a Reshape target."""
+
+    name = "test_bake_batch"
+    level = 0
+
+    def run(self, graph: ir.Graph) -> bool:
+        for n in graph:
+            if n.op_type == "Reshape" and n.inputs[1].const_value.numpy()[0] == 0:
+                arr = np.array([2, -1], np.int64)
+                n.inputs[1].const_value = ir.tensor(arr, name=n.inputs[1].name)
+                return True
+        return False
+
+
+def test_guard_catches_a_baked_batch_with_a_second_batch_size(monkeypatch):
+    monkeypatch.setitem(PASSES, _BakeBatch.name, _BakeBatch)
+    proto = make([node("Reshape", ["x", "shape"], ["y"])], [tensor_input("x", ["N", 3, 4])], [("y", ["N", 12])],
+                 [init("shape", np.array([0, 12], np.int64))])
+    with pytest.raises(OptimizerCheckError, match="at batch 3"):
+        optimize(ir.serde.deserialize_model(proto), passes=[_BakeBatch.name], check=True)
+
+
 @pytest.mark.parametrize("cls,match", [(_SwapReluForSigmoid, "'test_swap_relu' changed output 'y'"),
                                        (_PinBatch, "'test_pin_batch' pinned the symbolic dim 'N'")])
 def test_guard_names_the_pass_that_breaks_the_model(monkeypatch, cls, match):
