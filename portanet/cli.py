@@ -239,6 +239,7 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
     from rich.table import Table
 
     from portanet.ir.io import atomic_write_bytes, load_onnx
+    from portanet.parity.inputs import load_array
     from portanet.runtime.session import Session
 
     session = Session(load_onnx(model_path, upgrade=False), backend=backend, device=device)
@@ -250,7 +251,7 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
                 raise InvalidInputError(f"--input {spec}: name the input (NAME=FILE.npy); inputs: "
                                         + ", ".join(i.name for i in session.inputs))
             name, file = session.inputs[0].name, spec
-        feeds[name] = _load_array(Path(file))
+        feeds[name] = load_array(Path(file))
     outputs = session.run(feeds)
     table = Table(title=f"{model_path.name} on {backend}/{device}")
     for col in ("output", "shape", "dtype", "min", "max", "mean", "std"):
@@ -267,20 +268,6 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
         np.savez(buf, **outputs)
         atomic_write_bytes(output, buf.getvalue())
         console().print(f"[green]wrote[/green] {output}")
-
-
-def _load_array(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as z:
-                if len(z.files) != 1:
-                    raise InvalidInputError(f"{path}: .npz must hold exactly one array for --input")
-                return z[z.files[0]]
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInputError(f"{path}: not a .npy/.npz array file ({exc})") from exc
 
 
 # ------------------------------------------------------------------ commands of later issues
@@ -398,6 +385,7 @@ def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | N
     from portanet.ir.io import atomic_write_bytes, load_onnx, save_onnx
     from portanet.ir.shapes import parse_input_shapes
     from portanet.parity import verify as run_verify
+    from portanet.parity.inputs import load_array
 
     srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
     arrays = {}
@@ -405,7 +393,7 @@ def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | N
         name, sep, file = spec.partition("=")
         if not sep:
             name, file = "", spec
-        arrays[name] = _load_array(Path(file))
+        arrays[name] = load_array(Path(file))
     convert_kwargs: dict[str, Any] = dict(
         input_shapes=parse_input_shapes(input_shapes), prototxt=prototxt, weights=weights, params=params,
         epoch=epoch, model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,

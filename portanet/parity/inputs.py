@@ -127,6 +127,7 @@ def random_feed_sets(
 
 
 def load_array(path: Path) -> np.ndarray:
+    """One array from a .npy file or a single-array .npz (for --input NAME=FILE)."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such file")
     try:
