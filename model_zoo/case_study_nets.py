@@ -145,32 +145,13 @@ def predict_pytorch(model: Any, x: np.ndarray, batch: int = 500) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ Keras
 def keras_case_study_cnn(seed: int = 0) -> tuple[Any, Any]:
-    """(model, logits model): the case-study CNN as a Keras Sequential (NHWC input 28x28x1) and
-    a functional view ending before the Softmax that shares its layers, for training on logits."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """(model, logits model): the Keras zoo's case-study CNN (NHWC input 28x28x1) and a
+    functional view ending before the Softmax that shares its layers, for training on logits."""
     import keras
 
-    keras.utils.set_random_seed(seed)
-    L = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="image"),
-            L.Conv2D(16, 3, activation="relu", name="conv1"),  # -> (26, 26, 16)
-            L.MaxPooling2D(2, name="pool1"),  # -> (13, 13, 16)
-            L.Conv2D(32, 4, activation="relu", name="conv2"),  # -> (10, 10, 32)
-            L.AveragePooling2D(2, name="pool2"),  # -> (5, 5, 32)
-            L.Dropout(0.3, name="drop1"),
-            L.Conv2D(64, 5, activation="relu", name="conv3"),  # -> (1, 1, 64)
-            L.Flatten(name="flatten"),  # -> (64,)
-            L.Dense(32, activation="tanh", name="fc1"),
-            L.Dropout(0.2, name="drop2"),
-            L.Dense(CLASSES, name="fc2"),
-            L.Softmax(name="prob"),
-        ],
-        name="case_study_cnn",
-    )
+    from model_zoo.keras.models import case_study_cnn
+
+    model = case_study_cnn(seed)
     logits = keras.Model(model.inputs, model.get_layer("fc2").output, name="case_study_logits")
     return model, logits
 
