@@ -145,7 +145,9 @@ def _absorbs(node: ir.Node, value: ir.Value, perm: list[int]) -> bool:
 class PushTransposes(OptimizerPass):
     name = "push_transposes"
     level = 1
-    order = 55
+    # before collapse_reshapes, which would turn a Transpose of unit axes into a Reshape
+    # that no longer cancels with the Transposes pushed down to it
+    order = 48
 
     def run(self, graph: ir.Graph) -> bool:
         namer = Namer(graph)
@@ -181,6 +183,8 @@ class PushTransposes(OptimizerPass):
         op = src.producer() if src is not None else None
         if perm is None or op is None or op.domain != "" or only_consumer(src) is not t or len(op.outputs) != 1:
             return False
+        if self._worthwhile(t, perm):
+            return False  # it is on its way down to something that absorbs it
         if op.op_type not in UNARY and op.op_type not in BINARY:
             return False
         r = len(perm)

@@ -515,3 +515,26 @@ def test_nhwc_input_scaling_moves_behind_the_input_transpose_and_into_the_conv()
     model = check_pass(simple, None, fires=True)
     assert ops(model) == {"Transpose": 1, "Conv": 1}
     assert next(iter(model.graph)).inputs[0].is_graph_input()
+
+
+@pytest.mark.parametrize("case", ["concat", "reduce_keepdims", "prelu"])
+def test_transposes_pushed_through_concat_reduce_prelu(case):
+    to_nhwc, to_nchw = [0, 2, 3, 1], [0, 3, 1, 2]
+    nodes = [node("Transpose", ["x"], ["a"], perm=to_nhwc)]
+    inits = []
+    out = [N, 3, 4, 5]
+    if case == "concat":
+        nodes += [node("Transpose", ["x2"], ["b"], perm=to_nhwc), node("Concat", ["a", "b"], ["m"], axis=3)]
+        out = [N, 6, 4, 5]
+    elif case == "reduce_keepdims":
+        nodes.append(node("ReduceMax", ["a", "axes"], ["m"], keepdims=1))
+        inits.append(init("axes", np.array([1, 2], np.int64)))
+        out = [N, 3, 1, 1]
+    else:
+        nodes.append(node("PRelu", ["a", "slope"], ["m"]))
+        inits.append(init("slope", rand(3, seed=8)))
+    nodes.append(node("Transpose", ["m"], ["y"], perm=to_nchw))
+    inputs = [tensor_input("x", [N, 3, 4, 5])] + ([tensor_input("x2", [N, 3, 4, 5])] if case == "concat" else [])
+    proto = make(nodes, inputs, [("y", out)], inits)
+    model = check_pass(proto, ["push_transposes", "collapse_reshapes", "remove_unused"], fires=True)
+    assert "Transpose" not in ops(model)
