@@ -68,8 +68,9 @@ def _picked_dims(node: ir.Node) -> list[int | None] | None:
         if idx is None or idx.ndim > 1:
             return None
         n = len(dims)
-        picked = [dims[int(i) + n if i < 0 else int(i)] for i in idx.reshape(-1)]
-        return picked if idx.ndim == 1 else picked  # rank handled by caller
+        if any(not -n <= int(i) < n for i in idx.reshape(-1)):
+            return None
+        return [dims[int(i) + n if i < 0 else int(i)] for i in idx.reshape(-1)]  # the caller restores 0-d
     if node.op_type == "Slice":
         starts = int_list_input(node, 1)
         ends = int_list_input(node, 2)
