@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def export_onnx(module, path: Path, input_shape: tuple[int, ...]) -> Path:
                                     dynamic_shapes=({0: batch},), opset_version=18, verbose=False)
     proto = _strip_training_mode(program.model_proto)
     onnx.checker.check_model(proto)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel test workers may export at once
     onnx.save(proto, str(tmp))
     tmp.replace(path)
     return path
