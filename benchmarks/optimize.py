@@ -119,6 +119,20 @@ def portanet_sources() -> Iterator[Source]:
     except ImportError as exc:
         log.warning("skipping CNTK zoo: %s", exc)
     try:
+        import json
+
+        from model_zoo.mxnet import build as mxnet_build
+
+        zoo_dir = mxnet_build(("zoo", "case_study"))  # needs the .venv-mxnet side environment
+        for part in ("zoo", "case_study"):
+            for entry in json.loads((zoo_dir / f"manifest-{part}.json").read_text()):
+                sym = zoo_dir / f"{entry['name']}-symbol.json"
+                shape = ["N", *entry["inputs"]["data"][1:]]
+                yield f"portanet-mxnet/{entry['name']}", lambda p, f=sym, s=shape: save(
+                    portanet.convert(str(f), input_shapes={"data": s}), p)
+    except (ImportError, RuntimeError) as exc:
+        log.warning("skipping MXNet zoo: %s", exc)
+    try:
         import torch
 
         from model_zoo.pytorch.models import ZOO, build
