@@ -48,24 +48,32 @@ def conv_geometry(p: Any, rank: int) -> tuple[list[int], list[int], list[int], l
     return kernel, stride, pad, dilation
 
 
-@HANDLERS.register("Convolution")
-def convolution(ctx: Ctx) -> list[Out]:
+def _conv_inputs(ctx: Ctx, weight_shape) -> tuple[dict, list]:
+    """Shared by Convolution and Deconvolution: checked geometry as ONNX attributes, and the
+    [x, weights(, bias)] inputs with the weight blob checked against ``weight_shape``."""
     ctx.expect_bottoms(1)
     p = ctx.p.convolution_param
-    shape = ctx.shape
-    kernel, stride, pad, dilation = conv_geometry(p, len(shape))
-    group, cout, cin = p.group, p.num_output, shape[1]
+    kernel, stride, pad, dilation = conv_geometry(p, len(ctx.shape))
+    group, cout, cin = p.group, p.num_output, ctx.shape[1]
     if cin % group or cout % group:
         raise ConversionError(f"group {group} must divide channels {cin} and num_output {cout}")
     ctx.expect_blobs(2 if p.bias_term else 1, "weights, bias" if p.bias_term else "weights")
-    w = ctx.param("w", ctx.blob(0, [cout, cin // group, *kernel], "weights"))
-    inputs = [ctx.x, w]
+    inputs = [ctx.x, ctx.param("w", ctx.blob(0, weight_shape(cin, cout, group, kernel), "weights"))]
     if p.bias_term:
         inputs.append(ctx.param("b", ctx.blob(1, [cout], "bias")))
+    geom = {"kernel_shape": kernel, "strides": stride, "pads": pad + pad, "dilations": dilation, "group": group}
+    return geom, inputs
+
+
+@HANDLERS.register("Convolution")
+def convolution(ctx: Ctx) -> list[Out]:
+    shape = ctx.shape
+    geom, inputs = _conv_inputs(ctx, lambda cin, cout, group, kernel: [cout, cin // group, *kernel])
+    kernel, stride, dilation = geom["kernel_shape"], geom["strides"], geom["dilations"]
+    pad = geom["pads"][: len(kernel)]
+    cout = ctx.p.convolution_param.num_output
     # (N, C, H, W) -> (N, num_output, H', W'); Caffe's floor formula equals ONNX's
-    y = ctx.op("Conv", inputs, {
-        "kernel_shape": kernel, "strides": stride, "pads": pad + pad, "dilations": dilation, "group": group,
-    })
+    y = ctx.op("Conv", inputs, geom)
     spatial = [
         (i + 2 * pd - (d * (k - 1) + 1)) // s + 1
         for i, k, s, pd, d in zip(shape[2:], kernel, stride, pad, dilation)
@@ -77,22 +85,13 @@ def convolution(ctx: Ctx) -> list[Out]:
 
 @HANDLERS.register("Deconvolution")
 def deconvolution(ctx: Ctx) -> list[Out]:
-    ctx.expect_bottoms(1)
-    p = ctx.p.convolution_param
     shape = ctx.shape
-    kernel, stride, pad, dilation = conv_geometry(p, len(shape))
-    group, cout, cin = p.group, p.num_output, shape[1]
-    if cin % group or cout % group:
-        raise ConversionError(f"group {group} must divide channels {cin} and num_output {cout}")
     # Caffe stores (C_in, num_output/group, kh, kw): ONNX ConvTranspose's layout
-    ctx.expect_blobs(2 if p.bias_term else 1, "weights, bias" if p.bias_term else "weights")
-    w = ctx.param("w", ctx.blob(0, [cin, cout // group, *kernel], "weights"))
-    inputs = [ctx.x, w]
-    if p.bias_term:
-        inputs.append(ctx.param("b", ctx.blob(1, [cout], "bias")))
-    y = ctx.op("ConvTranspose", inputs, {
-        "kernel_shape": kernel, "strides": stride, "pads": pad + pad, "dilations": dilation, "group": group,
-    })
+    geom, inputs = _conv_inputs(ctx, lambda cin, cout, group, kernel: [cin, cout // group, *kernel])
+    kernel, stride, dilation = geom["kernel_shape"], geom["strides"], geom["dilations"]
+    pad = geom["pads"][: len(kernel)]
+    cout = ctx.p.convolution_param.num_output
+    y = ctx.op("ConvTranspose", inputs, geom)
     spatial = [
         s * (i - 1) + d * (k - 1) + 1 - 2 * pd
         for i, k, s, pd, d in zip(shape[2:], kernel, stride, pad, dilation)
