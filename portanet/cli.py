@@ -655,7 +655,8 @@ def _print_train_summary(result: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--backends", default="ort,torch", show_default=True,
-              help="Comma list of ort, torch, source (source = the original framework; needs --source).")
+              help="Comma list of ort, torch, source (source = the original framework; needs --source; "
+                   "for Caffe and MXNet sources the time includes loading the model in OpenCV/mxnet).")
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma list of batch sizes.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed runs before timing.")

@@ -43,3 +43,17 @@ def test_bench_table_and_bad_batch_sizes(tmp_path):
     assert bad.exit_code == 2 and "--batch-sizes" in bad.output
     src = CliRunner().invoke(cli, ["bench", str(model), "--backends", "source", "--batch-sizes", "1"])
     assert src.exit_code == 2 and "--source" in src.output
+
+
+def test_bench_source_backend_runs_the_source(tmp_path):
+    """For an ONNX source the 'source' backend is the ONNX reference runner."""
+    src = _model(tmp_path / "src.onnx")
+    conv = tmp_path / "conv.onnx"
+    assert CliRunner().invoke(cli, ["convert", str(src), "-o", str(conv)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["bench", str(conv), "--backends", "ort,source", "--source", str(src),
+                                 "--batch-sizes", "2", "--iters", "2", "--warmup", "0", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [(x["backend"], x["batch"]) for x in rows] == [("ort", 2), ("source", 2)]
+    assert all(x["runs"] >= 2 and x["p50_ms"] > 0 for x in rows)
