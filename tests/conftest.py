@@ -29,12 +29,6 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The sibling shared/ folder (reference docs); tests must not need it to pass."""
-    return REPO.parent / "shared"
-
-
-@pytest.fixture(scope="session")
 def zoo_cache() -> Path:
     """Where model_zoo builders write generated models (git-ignored)."""
     from model_zoo.common import cache_dir
