@@ -160,14 +160,7 @@ class CollapseReshapes(OptimizerPass):
         target = reshape_target(x, out)
         if target is None:
             return False
-        reshape = new_node("Reshape", [x, add_initializer(graph, namer, target, f"{node.name or 'transpose'}_shape")],
-                           namer=namer, like=node)
-        reshape.outputs[0].shape, reshape.outputs[0].type = out.shape, out.type
-        graph.insert_before(node, reshape)
-        if not replace_value(out, reshape.outputs[0]):
-            graph.remove(reshape, safe=True)
-            return False
-        return self._drop(graph, node)
+        return self._as_reshape(graph, namer, node, x, target, "transpose")
 
     def _reshapes(self, graph: ir.Graph, namer: Namer, node: ir.Node) -> bool:
         x = node.inputs[0]
@@ -194,8 +187,13 @@ class CollapseReshapes(OptimizerPass):
             # the target has no literal 0 (reshape_target refuses them): "0 = copy" is safe
             node.attributes.pop("allowzero", None)
             return True
-        reshape = new_node("Reshape", [src, add_initializer(graph, namer, target, f"{node.name or 'reshape'}_shape")],
-                           namer=namer, like=node)
+        return self._as_reshape(graph, namer, node, src, target, "reshape")
+
+    def _as_reshape(self, graph: ir.Graph, namer: Namer, node: ir.Node, src: ir.Value, target, hint: str) -> bool:
+        """Replace ``node`` by ``Reshape(src, target)`` (same output shape and type)."""
+        out = node.outputs[0]
+        shape = add_initializer(graph, namer, target, f"{node.name or hint}_shape")
+        reshape = new_node("Reshape", [src, shape], namer=namer, like=node)
         reshape.outputs[0].shape, reshape.outputs[0].type = out.shape, out.type
         graph.insert_before(node, reshape)
         if not replace_value(out, reshape.outputs[0]):
