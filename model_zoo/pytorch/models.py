@@ -89,28 +89,37 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 (He et al. 2016), the ImageNet layout; any input of at least 32x32."""
+class _ResNet(nn.Module):
+    """The ImageNet ResNet layout (He et al. 2016): 7x7 stem, max-pool, four stages ``layer1..4``
+    of ``block``s (widths 64/128/256/512, the first block of stages 2-4 strided), global pool, fc."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, block: type[nn.Module], blocks: tuple[int, int, int, int], num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = [64, 128, 256, 512]
         cin = 64
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
-            cin = w
+        for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+            layers = []
+            for b in range(n):
+                layers.append(block(cin, width, (1 if i == 0 else 2) if b == 0 else 1))
+                cin = width * getattr(block, "expansion", 1)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))  # (N, 512, 1, 1) -> (N, 512)
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # (N, C, 1, 1) -> (N, C)
+
+
+class ResNet18(_ResNet):
+    """ResNet-18: two basic blocks per stage; any input of at least 32x32."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes)
 
 
 class Bottleneck(nn.Module):
@@ -140,30 +149,11 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet50(nn.Module):
-    """ResNet-50 (He et al. 2016), the ImageNet layout (3, 4, 6, 3 bottleneck blocks); 25.6 M parameters."""
+class ResNet50(_ResNet):
+    """ResNet-50: 3, 4, 6, 3 bottleneck blocks; 25.6 M parameters."""
 
     def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
-            stride = 1 if i == 0 else 2
-            layers = []
-            for b in range(blocks):
-                layers.append(Bottleneck(cin, width, stride if b == 0 else 1))
-                cin = width * Bottleneck.expansion
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))  # (N, 2048, 1, 1) -> (N, 2048)
+        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes)
 
 
 class ConvBNReLU6(nn.Sequential):
