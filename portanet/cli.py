@@ -71,21 +71,34 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
 
 
+def source_options(fn):
+    """The conversion options shared by `convert` and `verify` (they read the source the same way)."""
+    options = [
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+                     help="Override an input's shape (repeatable; NAME= may be omitted for one input; "
+                          "PyTorch files: the example input)."),
+        click.option("--prototxt", type=click.Path(path_type=Path), help="Caffe: the deploy prototxt."),
+        click.option("--weights", type=click.Path(path_type=Path), help="Caffe: the .caffemodel."),
+        click.option("--params", type=click.Path(path_type=Path), help="MXNet: the .params file."),
+        click.option("--epoch", type=int, help="MXNet: checkpoint epoch (default: highest found)."),
+        click.option("--model-class", metavar="pkg.module:Factory",
+                     help="PyTorch: builds the module for a state dict."),
+        click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!)."),
+        click.option("--nchw", is_flag=True,
+                     help="Keras/TF: NCHW inputs and outputs instead of the Keras NHWC interface."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 # ---------------------------------------------------------------------------------- convert
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
 @click.option("--framework", "-f", help="Source format (caffe, mxnet, keras, pytorch, cntk, onnx); detected by default.")
 @click.option("--opset", type=int, help="ONNX opset of the output (13-21; default 18).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Override an input's shape (repeatable; NAME= may be omitted for one input).")
-@click.option("--prototxt", type=click.Path(path_type=Path), help="Caffe: the deploy prototxt.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Caffe: the .caffemodel.")
-@click.option("--params", type=click.Path(path_type=Path), help="MXNet: the .params file.")
-@click.option("--epoch", type=int, help="MXNet: checkpoint epoch (default: highest found).")
-@click.option("--model-class", metavar="pkg.module:Factory", help="PyTorch: builds the module for a state dict.")
-@click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!).")
-@click.option("--nchw", is_flag=True, help="Keras/TF: NCHW inputs and outputs instead of the Keras NHWC interface.")
+@source_options
 @click.option("-O", "opt_level", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Optimization level: 0 none, 1 clean-up that keeps the model trainable, 2 inference.")
 @click.option("--verify", "do_verify", is_flag=True, help="Run the source framework beside the result and check parity.")
@@ -353,15 +366,7 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the verified model with its certificate.")
 @click.option("--no-certificate", is_flag=True, help="Do not write the certificate into --onnx on success.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Conversion: override an input's shape (PyTorch files: the example input).")
-@click.option("--prototxt", type=click.Path(path_type=Path), help="Caffe: the deploy prototxt.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Caffe: the .caffemodel.")
-@click.option("--params", type=click.Path(path_type=Path), help="MXNet: the .params file.")
-@click.option("--epoch", type=int, help="MXNet: checkpoint epoch.")
-@click.option("--model-class", metavar="pkg.module:Factory", help="PyTorch: builds the module for a state dict.")
-@click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!).")
-@click.option("--nchw", is_flag=True, help="Keras/TF: NCHW inputs and outputs.")
+@source_options
 def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | None, backends: str | None,
            inputs: tuple[str, ...], data: Path | None, shapes: str | None, rtol: float, atol: float, seed: int,
            do_bisect: bool | None, repro_dir: Path, train: bool, json_path: Path | None, output: Path | None,
