@@ -21,28 +21,17 @@ from portanet.cli import cli
 from portanet.data import load_data
 from portanet.errors import InvalidInputError, RuntimeBackendError
 from portanet.runtime.trainer import TRAINING_KEY, TrainConfig, Trainer, list_checkpoints
-from tests.runtime.trainer_models import case_study_onnx, small_mlp_module, small_mlp_onnx
+from tests.runtime.trainer_models import case_study_onnx, small_mlp_module
 
 RTOL, ATOL = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models train faster on one thread, and a shared machine does not stall them."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
 def case_study_path():
     return case_study_onnx(seed=0)
-
-
-@pytest.fixture(scope="session")
-def mlp_path():
-    return small_mlp_onnx(seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -11,20 +11,8 @@ from click.testing import CliRunner
 
 from portanet.cli import cli
 from portanet.data import DEFAULT_DATA
-from tests.runtime.trainer_models import small_mlp_onnx
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def mlp_path():
-    return small_mlp_onnx(seed=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _digits(n: int, seed: int = 0, labels_upto: int = 10, shape=(28, 28)):
