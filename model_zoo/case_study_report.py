@@ -273,6 +273,7 @@ def rich_table(result: CaseStudyResult) -> Any:
 # ------------------------------------------------------------------------------ the picture
 #: why a framework has no bar in a latency panel
 _NO_SOURCE_BAR = {"mxnet": "mxnet runs in a side process", "cntk": "no CNTK runtime exists"}
+_BACKEND_LABELS = {"source": "source framework", "ort": "ONNX Runtime", "torch": "torch backend"}
 
 
 def plot(result: CaseStudyResult, path: Path) -> Path:
@@ -286,6 +287,7 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     from portanet.ir.io import atomic_write_bytes
 
@@ -303,8 +305,7 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
         for i, b in enumerate(backends):
             offs = xs + (i - (len(backends) - 1) / 2) * width
             ys = [r.latency_ms.get(f"{b}/{n}", np.nan) for r in rows]
-            bars = ax.bar(offs, ys, width, label={"source": "source framework", "ort": "ONNX Runtime",
-                                                 "torch": "torch backend"}.get(b, b), color=colors.get(b))
+            bars = ax.bar(offs, ys, width, color=colors.get(b))
             for x, y, r, bar in zip(offs, ys, rows, bars):
                 if np.isnan(y):
                     if b == "source":
@@ -313,12 +314,16 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
                     continue
                 if f"{b}/{n}" in r.latency_unreliable:
                     bar.set_hatch("//")
-                ax.text(x, y + top * 0.01, f"{y:.2g}", ha="center", va="bottom", fontsize=7, rotation=90)
+                ax.text(x, y + top * 0.01, f"{y:.0f}" if y >= 10 else f"{y:.2g}", ha="center", va="bottom",
+                        fontsize=7, rotation=90)
         ax.set_ylim(0, top * 1.3)
         ax.set_title(f"inference latency, batch {n} (p50)")
         ax.set_ylabel("milliseconds per call")
         ax.set_xticks(xs, names, rotation=20)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(backends))
+        handles = [Patch(facecolor=colors.get(b), label=_BACKEND_LABELS.get(b, b)) for b in backends]
+        if any(r.latency_unreliable for r in rows):
+            handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="unreliable (busy/spread)"))
+        ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax = axes[-1]
     series = [("source", [r.source_accuracy for r in rows])] + [
         (f"converted ({b})", [r.accuracy.get(b) for r in rows]) for b in CONVERTED]

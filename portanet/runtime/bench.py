@@ -6,6 +6,7 @@ and ``min_seconds`` have passed; latency percentiles are over individual runs.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -168,20 +169,30 @@ def bench_model(
 
 
 def plot_results(results: Sequence[BenchResult], path: str | Path, title: str = "") -> Path:
+    """Write ``bench_figure`` as a PNG."""
+    from portanet.ir.io import atomic_write_bytes
+
+    fig = bench_figure(results, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def bench_figure(results: Sequence[BenchResult], title: str = "") -> Any:
     """One panel per batch size (each with its own linear latency axis, so batch-1 bars are
     not dwarfed by batch 32): p50 latency per backend, the p10-p90 range as an error bar,
-    the value on each bar, hatched bars for figures flagged unreliable (PNG)."""
+    the value on each bar, hatched bars for figures flagged unreliable. A matplotlib Figure."""
     from portanet._deps import require
 
     matplotlib = require("matplotlib")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     backends = list(dict.fromkeys(r.backend for r in results))
     batches = sorted({r.batch for r in results})
-    colors = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, max(1, len(batches)), figsize=(0.6 + 0.9 * max(2, len(backends)) * len(batches), 3.8),
-                             squeeze=False)
+    colors = matplotlib.colormaps["tab10"].colors
+    fig = Figure(figsize=(0.6 + 0.9 * max(2, len(backends)) * max(1, len(batches)), 3.8))
+    axes = fig.subplots(1, max(1, len(batches)), squeeze=False)
     flagged = False
     for ax, b in zip(axes[0], batches):
         rows = [next((r for r in results if r.backend == be and r.batch == b), None) for be in backends]
@@ -208,7 +219,4 @@ def plot_results(results: Sequence[BenchResult], path: str | Path, title: str = 
     if flagged:
         fig.text(0.01, 0.01, "hatched: unreliable figure (large spread or busy machine)", fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
