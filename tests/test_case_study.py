@@ -167,6 +167,25 @@ def test_finetuned_model_exported(run, report: dict) -> None:
     assert float(np.mean(probs.argmax(1) == digits.y_test)) == pytest.approx(ft["accuracy_after"], abs=1e-9)
 
 
+def test_export_round_trip(run, report: dict) -> None:
+    """`portanet export` of the converted Caffe model: the PyTorch code (fine-tuned with a plain
+    PyTorch loop) and the TFLite file, both verified against ONNX Runtime; their accuracy before
+    fine-tuning equals the converted model's on ONNX Runtime (same weights, same test split)."""
+    out, _ = run
+    exp = report["export"]
+    assert exp["status"] == "ok", exp
+    rows = {r["target"]: r for r in exp["rows"]}
+    assert set(rows) == {"pytorch", "tflite"}
+    ort_acc = _rows(report)["caffe"]["accuracy"]["ort"]
+    for r in rows.values():
+        assert r["parity_passed"] is True and (out / r["file"]).exists()
+        # at most one test image may flip (a near-tie between two classes)
+        assert r["accuracy_before"] == pytest.approx(ort_acc, abs=1.0 / report["data"]["test"] + 1e-12)
+    py = rows["pytorch"]
+    assert "self.conv1 = nn.Conv2d(1, 16" in (out / py["file"]).read_text()
+    assert (out / "export" / py["weights"]).exists() and 0.0 <= py["accuracy_after"] <= 1.0
+
+
 def test_load_digits_reads_any_mnist_directory(tmp_path: Path) -> None:
     """``--data DIR``: an MNIST-format directory is scaled to [0, 1] and standardised."""
     from model_zoo.case_study_nets import MEAN, STD, load_digits
