@@ -84,7 +84,7 @@ def torch_runner(kind, path, taps, captured):
     return run
 
 
-def tf_runner(kind, path, taps):
+def tf_runner(kind, path, taps, names):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     if kind == "keras":
@@ -99,15 +99,12 @@ def tf_runner(kind, path, taps):
                                                else tf.constant(feeds[0]))
     else:
         interp = tf.lite.Interpreter(model_path=path, num_threads=threads)
+        # the serving signature names inputs after the Keras inputs and outputs output_0, output_1, ...
+        runner = interp.get_signature_runner()
 
         def run_model(feeds):
-            for d, f in zip(interp.get_input_details(), feeds):
-                interp.resize_tensor_input(d["index"], list(f.shape))
-            interp.allocate_tensors()
-            for d, f in zip(interp.get_input_details(), feeds):
-                interp.set_tensor(d["index"], f)
-            interp.invoke()
-            return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
+            out = runner(**dict(zip(names, feeds)))
+            return [out[k] for k in sorted(out, key=lambda k: int(k.rsplit("_", 1)[-1]))]
 
     def run(feeds):
         out = run_model(feeds)
@@ -117,14 +114,14 @@ def tf_runner(kind, path, taps):
     return run
 
 
-for job in spec["jobs"]:
+def run_job(job):
     kind, path, taps = job["runner"], job["path"], job.get("taps")
     data = np.load(job["inputs"])
     captured = {}
     if kind in ("pytorch", "torchscript", "pt2"):
         run = torch_runner(kind, path, taps, captured)
     else:
-        run = tf_runner(kind, path, taps)
+        run = tf_runner(kind, path, taps, job["input_names"])
     results = {}
     for s in range(job["sets"]):
         feeds = [data[f"{s}_{k}"] for k in range(job["n_inputs"])]
@@ -139,6 +136,14 @@ for job in spec["jobs"]:
             for k, v in captured.items():
                 results[f"tap_{k}"] = v
             break
+    return results
+
+
+for job in spec["jobs"]:
+    try:
+        results = run_job(job)
+    except Exception as exc:  # one export failing must not hide the others' results
+        results = {"__error__": np.array(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")}
     np.savez(job["outputs"], **results)
 if "portanet" in sys.modules:
     raise SystemExit("the exported model imported portanet")
@@ -190,7 +195,8 @@ def run_children(jobs: list[tuple[Artifact, list[list[np.ndarray]], list[dict] |
             np.savez(inputs, **arrays)
             specs.append({"runner": artifact.runner, "path": str(Path(artifact.path).resolve()),
                           "inputs": str(inputs), "outputs": str(Path(tmp) / f"outputs{i}.npz"),
-                          "sets": len(feed_sets), "n_inputs": len(feed_sets[0]), "taps": taps})
+                          "sets": len(feed_sets), "n_inputs": len(feed_sets[0]), "taps": taps,
+                          "input_names": artifact.input_names})
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -241,6 +247,9 @@ def compare_outputs(g: ExportGraph, artifact: Artifact, sets: list[dict[str, np.
     """|export - ort| <= atol + rtol * max|ort| per output, over every feed set."""
     out_perms = artifact.output_perms or [None] * len(g.outputs)
     check = ExportCheck(artifact.target, True, batches=[int(next(iter(s.values())).shape[0]) for s in sets])
+    if "__error__" in got:
+        check.passed, check.detail = False, f"running the export failed: {got['__error__']}"
+        return check
     for s, ref in enumerate(refs):
         for j, v in enumerate(g.outputs):
             name = v.name or f"output{j}"
@@ -272,6 +281,8 @@ def check_export(g: ExportGraph, artifact: Artifact, *, atol: float = 1e-5, rtol
     """Compare ``artifact`` with ONNX Runtime on seeded inputs at batch 1 and 3 (see module doc)."""
     sets, refs = reference(g, seed)
     got = run_child(artifact, child_feeds(g, artifact, sets), threads=threads)
+    if "__error__" in got:
+        raise RuntimeBackendError(f"{artifact.path}: running the {artifact.target} export failed: {got['__error__']}")
     check = compare_outputs(g, artifact, sets, refs, got, atol, rtol)
     if not check.passed:
         bisect_export(g, artifact, sets[0], check, atol, rtol, threads)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import portanet
+from portanet.export.graph import ExportGraph
 from tests.export.conftest import case_study_caffe_files, zoo_ir
 
 keras = pytest.importorskip("keras", reason="keras (portanet[tf]) is not installed")
@@ -91,9 +92,11 @@ def test_fit_trains_the_export(tmp_path: Path) -> None:
 
 
 def test_tflite_dynamic_quantization(tmp_path: Path) -> None:
+    """int8 weights: a quarter of the float32 bytes, outputs within 0.1 * max|ref| of ONNX
+    Runtime (the float32 TFLite export's parity is in test_zoo_parity)."""
     files = list(map(str, case_study_caffe_files()))
-    f32 = portanet.export(files, to="tflite", path=tmp_path / "cs.tflite")
     q = portanet.export(files, to="tflite", path=tmp_path / "cs_q.tflite", quantize="dynamic")
-    assert f32.check.passed and f32.check.max_error <= 1e-4 * max(o["max_abs_ref"] for o in f32.check.outputs.values())
-    assert q.check.passed  # int8 weights: within 0.1 * max|ref| of ONNX Runtime
-    assert (tmp_path / "cs_q.tflite").stat().st_size < 0.5 * (tmp_path / "cs.tflite").stat().st_size
+    assert q.check.passed
+    g = ExportGraph(portanet.optimize(portanet.convert(*files), level=1))
+    float_bytes = 4 * sum(v.const_value.size for v in g.graph.initializers.values())
+    assert (tmp_path / "cs_q.tflite").stat().st_size < 0.5 * float_bytes

@@ -67,7 +67,12 @@ def _run_all(folder: Path) -> None:
             continue
         jobs[_FAMILY.get(tgt, "tf")].append((model, tgt, g, sets, refs, result.artifact))
     for family in jobs.values():
-        outs = run_children([(a, child_feeds(g, a, sets), None) for _m, _t, g, sets, _r, a in family])
+        try:
+            outs = run_children([(a, child_feeds(g, a, sets), None) for _m, _t, g, sets, _r, a in family])
+        except portanet.errors.PortanetError as exc:  # the process itself died: every cell reports it
+            for model, tgt, *_ in family:
+                _results[(model, tgt)] = exc
+            continue
         for (model, tgt, g, sets, refs, art), got in zip(family, outs):
             t = get_target(tgt)
             _results[(model, tgt)] = compare_outputs(g, art, sets, refs, got, t.atol, t.rtol)
