@@ -63,7 +63,7 @@ def test_caffe_ceil_and_padded_pooling_is_exact(pool_net, tmp_path: Path) -> Non
 def test_standard_layers_channels_last_and_keep_layout(tmp_path: Path) -> None:
     files = list(map(str, case_study_caffe_files()))
     out = tmp_path / "cs.keras"
-    portanet.export(files, to="keras", path=out)
+    portanet.export(files, to="keras", path=out, verify=False)  # its parity: test_zoo_parity
     model = keras.saving.load_model(out)
     assert tuple(model.inputs[0].shape) == (None, 28, 28, 1)  # like a native Keras model
     kinds = {type(layer).__name__ for layer in model.layers}

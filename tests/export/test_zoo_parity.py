@@ -42,18 +42,22 @@ MODELS = [*ZOO, *(ZOO_EXTRA if FULL else [])]
 CELLS = [(m, t) for m in MODELS for t in TARGETS if FULL or m in SMALL or t in FAST]
 _FAMILY = {"pytorch": "torch", "torchscript": "torch", "pt2": "torch"}
 
-_results: dict[tuple[str, str], object] = {}
+IMPORTERS = sorted({m.split("-")[0] for m, _ in CELLS})
 
 
-def _run_all(folder: Path) -> None:
-    """Export every cell, then check each framework family in one fresh process."""
+def _check_importer(importer: str, folder: Path) -> dict[tuple[str, str], object]:
+    """Export every cell of ``importer``'s models, then check each framework family in one
+    fresh process; (model, target) -> ExportCheck, or the error / skip that stopped it."""
+    results: dict[tuple[str, str], object] = {}
     jobs: dict[str, list] = defaultdict(list)
     graphs: dict[str, tuple] = {}
     for model, tgt in CELLS:
+        if not model.startswith(importer + "-"):
+            continue
         try:
             ir_model = zoo_ir(model)
         except pytest.skip.Exception as exc:
-            _results[(model, tgt)] = exc
+            results[(model, tgt)] = exc
             continue
         if model not in graphs:
             g = ExportGraph(ir_model)
@@ -63,7 +67,7 @@ def _run_all(folder: Path) -> None:
         try:
             result = portanet.export(g.model, to=tgt, path=path, verify=False, opt_level=0)
         except portanet.errors.PortanetError as exc:
-            _results[(model, tgt)] = exc
+            results[(model, tgt)] = exc
             continue
         jobs[_FAMILY.get(tgt, "tf")].append((model, tgt, g, sets, refs, result.artifact))
     for family in jobs.values():
@@ -71,19 +75,27 @@ def _run_all(folder: Path) -> None:
             outs = run_children([(a, child_feeds(g, a, sets), None) for _m, _t, g, sets, _r, a in family])
         except portanet.errors.PortanetError as exc:  # the process itself died: every cell reports it
             for model, tgt, *_ in family:
-                _results[(model, tgt)] = exc
+                results[(model, tgt)] = exc
             continue
         for (model, tgt, g, sets, refs, art), got in zip(family, outs):
             t = get_target(tgt)
-            _results[(model, tgt)] = compare_outputs(g, art, sets, refs, got, t.atol, t.rtol)
+            results[(model, tgt)] = compare_outputs(g, art, sets, refs, got, t.atol, t.rtol)
+    return results
 
 
-@pytest.mark.parametrize(("model", "target"), CELLS, ids=[f"{m}-{t}" for m, t in CELLS])
-def test_export_matches_onnx_runtime(model: str, target: str, export_dir: Path) -> None:
-    if not _results:
-        _run_all(export_dir)
-    res = _results[(model, target)]
-    if isinstance(res, pytest.skip.Exception):
-        pytest.skip(str(res))
-    assert not isinstance(res, Exception), f"{model} -> {target}: {res}"
-    assert res.passed, f"{model} -> {target}: {res.outputs} {res.detail}"
+@pytest.mark.parametrize("importer", IMPORTERS)
+def test_zoo_exports_match_onnx_runtime(importer: str, tmp_path: Path) -> None:
+    """One test per importer (its models x their targets), so parallel workers share nothing."""
+    results = _check_importer(importer, tmp_path)
+    skipped = {k: v for k, v in results.items() if isinstance(v, pytest.skip.Exception)}
+    if skipped and len(skipped) == len(results):
+        pytest.skip(str(next(iter(skipped.values()))))
+    bad = []
+    for (model, tgt), res in sorted(results.items()):
+        if isinstance(res, Exception):
+            bad.append(f"{model} -> {tgt}: {res}")
+        elif not res.passed:
+            bad.append(f"{model} -> {tgt}: {res.detail or res.outputs}")
+    checked = [k for k, v in results.items() if not isinstance(v, Exception)]
+    assert not bad, "\n".join(bad)
+    assert len(checked) == len([c for c in CELLS if c[0].startswith(importer + "-")])
