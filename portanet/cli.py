@@ -92,9 +92,20 @@ def source_options(fn):
     return fn
 
 
+def _source_list(sources: tuple[Path, ...], *flagged: Path | None) -> list[Path]:
+    """SOURCES plus the files given by flag (--prototxt/--weights/--params); at least one."""
+    srcs = list(sources) + [p for p in flagged if p is not None and p not in sources]
+    if not srcs:
+        raise InvalidInputError(
+            "no source model given: pass the model file(s) as arguments, or --prototxt/--weights (Caffe), "
+            "--params (MXNet)"
+        )
+    return srcs
+
+
 # ---------------------------------------------------------------------------------- convert
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
 @click.option("--framework", "-f", help="Source format (caffe, mxnet, keras, pytorch, cntk, onnx); detected by default.")
 @click.option("--opset", type=int, help="ONNX opset of the output (13-21; default 18).")
@@ -122,7 +133,7 @@ def convert(sources: tuple[Path, ...], output: Path, framework: str | None, opse
     from portanet.ir.io import save_onnx
     from portanet.ir.shapes import parse_input_shapes
 
-    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    srcs = _source_list(sources, prototxt, weights, params)
     opts = ConvertOptions(
         input_shapes=parse_input_shapes(input_shapes),
         prototxt=prototxt, weights=weights, params=params, epoch=epoch,
@@ -152,6 +163,12 @@ def _verify_into(srcs, model, framework):
     from portanet.parity import verify_model
 
     report = verify_model(srcs, model, framework=framework)
+    if click.get_current_context().find_root().params.get("verbose"):
+        _print_verify(report)  # the table; its last line is the verdict
+    elif report.passed:  # a failure's verdict is the error line printed on exit 3
+        console().print(f"[green]{report.summary()}[/green]", soft_wrap=True)
+        for note in report.notes:
+            console().print(f"[bold yellow]warning[/bold yellow]: {note}", soft_wrap=True)
     report.raise_on_failure()
     report.write_certificate(model)
     return model
@@ -330,7 +347,9 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
     for op in sorted(set(b.ops) | set(a.ops)):
         table.add_row(f"  {op}", str(b.ops.get(op, 0)), str(a.ops.get(op, 0)))
     con.print(table)
-    if check:
+    if check and not result.records:
+        con.print("nothing to change: no pass modified the model (outputs unchanged)")
+    elif check:
         passes = Table(title="Passes (ONNX Runtime check on probe inputs)")
         for col in ("round", "pass", "nodes", "max |change|", "relative"):
             passes.add_column(col, justify="left" if col == "pass" else "right")
@@ -344,7 +363,7 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
 
 # --- verify ---
 @cli.command("verify")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
               help="An already converted model to check (default: convert SOURCES now).")
 @click.option("--framework", "-f", help="Source format; detected by default.")
@@ -392,7 +411,7 @@ def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | N
     from portanet.parity import verify as run_verify
     from portanet.parity.inputs import load_array
 
-    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    srcs = _source_list(sources, prototxt, weights, params)
     arrays = {}
     for spec in inputs:
         name, sep, file = spec.partition("=")
@@ -472,8 +491,10 @@ def _print_verify(report) -> None:
         con.print(gt)
         if g.unmatched:
             con.print(f"[red]source parameters not found in the model[/red]: {', '.join(g.unmatched[:10])}")
+    for note in report.notes:
+        con.print(f"[bold yellow]warning[/bold yellow]: {note}", soft_wrap=True)
     if report.passed:  # a failure's summary is the error line the CLI prints on exit 3
-        con.print(f"[green]{report.summary()}[/green]")
+        con.print(f"[green]{report.summary()}[/green]", soft_wrap=True)
 
 
 # --- train ---
@@ -542,7 +563,6 @@ def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_
     import os
     from dataclasses import asdict
 
-    from portanet.runtime import distributed
     from portanet.runtime.trainer import TrainConfig
 
     config = TrainConfig(
@@ -565,21 +585,42 @@ def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_
         "resume": resume, "log": str(log_path or Path(f"{stem}.train.json")),
         "plot": str(plot_path or Path(f"{stem}.train.png")), "opset": opset,
     }
+    try:
+        result = _train_or_launch(spec, nproc, device)
+    except KeyboardInterrupt:
+        click.echo(_interrupted_message(Path(spec["checkpoint_dir"]), sys.argv[1:], resume), err=True)
+        sys.exit(130)
+    if "error" in result:
+        raise InvalidInputError(result["error"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_train_summary(result)
+
+
+def _interrupted_message(ckpt_dir: Path, argv: list[str], resumed: bool) -> str:
+    """What Ctrl-C during training leaves behind, and the command that continues it."""
+    from portanet.runtime.trainer import list_checkpoints
+
+    found = list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    if not found:
+        return "interrupted before the first epoch ended: no checkpoint was written; start again to train"
+    again = " ".join(argv) + ("" if resumed else " --resume")
+    return (f"interrupted: the newest checkpoint is {found[-1]} (saved after each epoch); "
+            f"continue with: portanet {again}")
+
+
+def _train_or_launch(spec: dict[str, Any], nproc: int, device: str) -> dict[str, Any]:
+    from portanet.runtime import distributed
+
     if nproc > 1 and not distributed.in_launched_worker():
-        from portanet.runtime.trainer import train_files
+        from portanet.runtime.trainer import TrainConfig, train_files
 
         # check every input here, where errors become one line, before starting workers
         train_files(spec["model"], spec["data"], None, config=TrainConfig(**{**spec["config"], "device": "cpu"}),
                     dry_run=True)
         distributed.check_devices(device, nproc)
         console().print(f"starting {nproc} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
-        result = distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
-    else:
-        result = _train_worker(spec)
-    if "error" in result:
-        raise InvalidInputError(result["error"])
-    if int(os.environ.get("RANK", "0")) == 0:
-        _print_train_summary(result)
+        return distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
+    return _train_worker(spec)
 
 
 def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -683,7 +724,7 @@ def bench(model_path: Path, backends: str, batch_sizes: str, device: str, warmup
     from rich.table import Table
 
     from portanet.ir.io import load_onnx
-    from portanet.runtime.bench import bench_model, plot_results
+    from portanet.runtime.bench import bench_model, conditions, plot_results
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -702,12 +743,20 @@ def bench(model_path: Path, backends: str, batch_sizes: str, device: str, warmup
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         table = Table(title=f"{model_path.name} on {device}")
-        for col in ("backend", "batch", "p50 ms", "p90 ms", "samples/s", "runs"):
+        for col in ("backend", "batch", "p50 ms", "p10-p90 ms", "spread", "samples/s", "runs"):
             table.add_column(col, justify="left" if col == "backend" else "right")
         for r in results:
-            table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:,.1f}",
-                          str(r.runs))
+            table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p10_ms:.3f}-{r.p90_ms:.3f}",
+                          f"{r.spread:.0%}" + (" [yellow]![/yellow]" if r.unreliable else ""),
+                          f"{r.throughput:,.1f}", str(r.runs))
         con.print(table)
+        cond = conditions()
+        con.print(f"conditions: load average {cond.get('load_average')}, {cond.get('cpu_count')} cores, "
+                  f"threads {cond.get('thread_env') or 'default'}", soft_wrap=True)
+        flagged = [r for r in results if r.unreliable]
+        if flagged:
+            con.print(f"[yellow]unreliable[/yellow] ({len(flagged)} figure(s), marked !): {flagged[0].unreliable}; "
+                      "rerun on an idle machine or with more --iters", soft_wrap=True)
     if plot is not None:
         plot_results(results, plot, title=model_path.name)
         if not as_json:

@@ -44,6 +44,8 @@ class KerasContext:
         self.layer_perms: dict[str, layout.Perm] = {}
         #: id(keras tensor) -> fn computing its value on first use (masks no consumer may need)
         self._deferred: dict[int, Callable[[], None]] = {}
+        #: the graph node being converted (raw keras.ops handlers read its call arguments)
+        self.node: Any = None
 
     # -- tensors --------------------------------------------------------------------------
     def has(self, tensor: Any) -> bool:
