@@ -29,6 +29,10 @@ def ints(*v: int) -> np.ndarray:
     return np.array(v, dtype=I64)
 
 
+def i32(*v: int) -> np.ndarray:
+    return np.array(v, dtype=np.int32)
+
+
 def f64(*v: float) -> np.ndarray:
     return np.array(v, dtype=np.float64)
 
@@ -159,6 +163,24 @@ CASES: list[tuple] = [
      {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}),
     ("Resize_antialias", "Resize", [X(1, 1, 5, 6), None, f64(1, 1, 0.6, 0.5)], {"mode": "cubic", "antialias": 1}),
     ("Upsample", "Upsample", [X(1, 1, 2, 3), f64(1, 1, 2, 2)], {"mode": "linear"}),
+    # recurrent: X (T, N, I), W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H), lens, h0/c0 (D, N, H), P (D, 3H)
+    ("LSTM_fused_bidir", "LSTM", [X(3, 2, 2), X(2, 8, 2), X(2, 8, 2), X(2, 16), None, X(2, 2, 2), X(2, 2, 2)],
+     {"hidden_size": 2, "direction": "bidirectional"}, 3),
+    ("LSTM_fused_lens", "LSTM", [X(3, 2, 2), X(1, 8, 2), X(1, 8, 2), X(1, 16), i32(3, 2)],
+     {"hidden_size": 2, "direction": "reverse"}, 3),
+    ("LSTM_loop_peep_clip", "LSTM",
+     [X(3, 2, 2), X(1, 8, 2), X(1, 8, 2), X(1, 16), i32(2, 3), X(1, 2, 2), X(1, 2, 2), X(1, 6)],
+     {"hidden_size": 2, "clip": 2.5}, 3),
+    ("LSTM_loop_input_forget", "LSTM", [X(3, 2, 2), X(1, 8, 2), X(1, 8, 2)],
+     {"hidden_size": 2, "input_forget": 1, "layout": 0}, 3),
+    ("GRU_fused_lbr1", "GRU", [X(3, 2, 2), X(2, 6, 2), X(2, 6, 2), X(2, 12), i32(1, 3)],
+     {"hidden_size": 2, "linear_before_reset": 1, "direction": "bidirectional"}, 2),
+    ("GRU_loop_lbr0", "GRU", [X(2, 3, 2), X(1, 6, 2), X(1, 6, 2), X(1, 12), None, X(2, 1, 2)],
+     {"hidden_size": 2, "layout": 1}, 2),
+    ("RNN_fused_relu", "RNN", [X(3, 2, 2), X(1, 2, 2), X(1, 2, 2), X(1, 4)], {"hidden_size": 2, "activations": ["Relu"]}),
+    ("RNN_loop_affine", "RNN", [X(3, 2, 2), X(2, 2, 2), X(2, 2, 2)],
+     {"hidden_size": 2, "direction": "bidirectional", "activations": ["Affine", "Softsign"],
+      "activation_alpha": [0.5], "activation_beta": [0.1]}),
 ]
 
 #: ops without a gradient to check: integer/boolean outputs or piecewise-constant functions
