@@ -185,6 +185,58 @@ def _print_summary(model, output: Path) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------- export
+@cli.command("export")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, metavar="TARGET",
+              help="pytorch, torchscript, pt2, keras, savedmodel or tflite.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file (net.py, net.pt, net.pt2, model.keras, model.tflite) or folder (savedmodel).")
+@click.option("--framework", "-f", help="Source format; detected by default (an .onnx file works too).")
+@source_options
+@click.option("--verify/--no-verify", "do_verify", default=True, show_default=True,
+              help="Run the export in a fresh process beside ONNX Runtime on seeded inputs.")
+@click.option("--keep-layout", is_flag=True, help="Keras/SavedModel/TFLite: keep the IR's NCHW interface.")
+@click.option("--quantize", type=click.Choice(["dynamic"]), help="TFLite: dynamic-range int8 weights.")
+@click.option("--class-name", help="PyTorch: name of the generated nn.Module class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification inputs.")
+def export_cmd(sources: tuple[Path, ...], to: str, output: Path, framework: str | None,
+               input_shapes: tuple[str, ...], prototxt: Path | None, weights: Path | None, params: Path | None,
+               epoch: int | None, model_class: str | None, trust_pickle: bool, nchw: bool, do_verify: bool,
+               keep_layout: bool, quantize: str | None, class_name: str | None, seed: int) -> None:
+    """Export SOURCES (anything `convert` takes, or an .onnx) back into a framework.
+
+    \b
+    Examples:
+      portanet export deploy.prototxt net.caffemodel --to pytorch -o net.py     (+ net.pt)
+      portanet export model.onnx --to keras -o model.keras
+      portanet export resnet-symbol.json --to tflite -o resnet.tflite
+      portanet export net.onnx --to savedmodel -o served/
+    Exit 3 when the export does not match ONNX Runtime (the first divergent layer is named).
+    """
+    from portanet.converters.registry import ConvertOptions, convert_paths
+    from portanet.export import export, get_target
+    from portanet.ir.shapes import parse_input_shapes
+
+    tgt = get_target(to)
+    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    opts = ConvertOptions(
+        input_shapes=parse_input_shapes(input_shapes),
+        prototxt=prototxt, weights=weights, params=params, epoch=epoch,
+        model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,
+    )
+    with console().status(f"exporting to {tgt.name} ..."):
+        model = _optimize(convert_paths(srcs, opts, framework=framework), 1)
+        result = export(model, to=tgt.name, path=output, verify=do_verify, seed=seed, keep_layout=keep_layout,
+                        quantize=quantize, class_name=class_name, opt_level=0)
+    files = ", ".join(str(f) for f in result.artifact.files)
+    console().print(f"[green]wrote[/green] {files}  ({tgt.name}, {result.seconds:.2f} s)")
+    if result.check is not None:
+        c = result.check
+        console().print(f"[green]verified[/green] against ONNX Runtime in a fresh process (batch "
+                        f"{', '.join(map(str, c.batches))}): max error {c.max_error:.2g}")
+
+
 # ---------------------------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
