@@ -42,6 +42,8 @@ class KerasContext:
         self._weights: dict[tuple[str, str], ir.Value] = {}
         #: source layer name -> layout of the last value produced under its provenance
         self.layer_perms: dict[str, layout.Perm] = {}
+        #: the graph node being converted (raw keras.ops handlers read its call arguments)
+        self.node: Any = None
 
     # -- tensors --------------------------------------------------------------------------
     def has(self, tensor: Any) -> bool:

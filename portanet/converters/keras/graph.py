@@ -97,15 +97,14 @@ def _history_name(tensor: Any) -> str:
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     out = []
     for n in names:
-        if n in seen:
-            seen[n] += 1
-            out.append(f"{n}_{seen[n]}")
-        else:
-            seen[n] = 0
-            out.append(n)
+        name, i = n, 1
+        while name in taken:  # never a name an earlier suffix already took (split, split_1, ...)
+            name, i = f"{n}_{i}", i + 1
+        taken.add(name)
+        out.append(name)
     return out
 
 
@@ -151,6 +150,7 @@ def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
                 ctx.alias(outer_t, inner_t)
             continue
         kind = layer_type(op)
+        ctx.node = node
         with ctx.b.layer(op.name, kind):
             HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -176,10 +178,17 @@ def build_from_factory(spec: str, *, where: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise InvalidInputError(f"--model-class '{spec}': expected pkg.module:Factory")
+    # like `python -m`, look in the working directory first (a console script's sys.path lacks it)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise InvalidInputError(f"--model-class '{spec}': cannot import {mod_name} ({_first_line(exc)})") from exc
+        raise InvalidInputError(
+            f"--model-class '{spec}': cannot import {mod_name} ({_first_line(exc)}); run from the folder that "
+            "contains the package, or add its folder to PYTHONPATH"
+        ) from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
