@@ -51,7 +51,9 @@ def _iter_layer_configs(config: Any) -> Iterator[tuple[str, str]]:
             yield from _iter_layer_configs(layer)
         return
     if cls and cls != "InputLayer":
-        yield str(inner.get("name", config.get("name", "?"))), str(cls)
+        # raw keras.ops calls are serialized with their operation module (keras.src.ops.numpy, ...)
+        is_op = str(config.get("module", "")).startswith(("keras.src.ops", "keras.ops"))
+        yield str(inner.get("name", config.get("name", "?"))), f"ops.{cls}" if is_op else str(cls)
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -140,8 +142,11 @@ class KerasImporter(Importer):
         if _head(path) == HDF5_MAGIC:
             return True
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
+            try:
+                with zipfile.ZipFile(path) as z:
+                    names = set(z.namelist())
+            except (zipfile.BadZipFile, OSError, ValueError):  # a corrupt archive is not a .keras file
+                return False
             return "config.json" in names and "model.weights.h5" in names
         return False
 

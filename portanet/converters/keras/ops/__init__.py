@@ -8,11 +8,14 @@ from portanet.converters.keras.ops import (  # noqa: F401  (imported for registr
     activations,
     conv,
     core,
+    keras_ops,
     merge,
     norm,
     pooling,
     preprocessing,
+    recurrent,
     reshape,
+    sequence,
 )
 from portanet.converters.keras.ops._table import HANDLERS
 
