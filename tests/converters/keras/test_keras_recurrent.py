@@ -213,3 +213,30 @@ def test_unsupported_recurrent_activation_names_it() -> None:
     model = on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", name="hs_lstm"))()
     with pytest.raises(ConversionError, match="hs_lstm.*recurrent_activation 'hard_sigmoid' is not supported"):
         portanet.convert(model)
+
+
+def _bisect_model():
+    keras.utils.set_random_seed(2)
+    x = keras.Input((7, F), name="x")
+    y = L.Bidirectional(L.LSTM(H, return_sequences=True), name="bi")(L.Masking(0.0, name="mask")(x))
+    y = L.GRU(H, return_sequences=True, name="gru")(y)
+    return keras.Model(x, L.SimpleRNN(3, name="rnn")(y))
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_bisect_names_a_broken_recurrent_layer(nchw: bool) -> None:
+    """verify --bisect compares the time-major intermediate outputs against Keras' and names
+    the first layer whose weights were tampered with."""
+    import onnx_ir as ir
+
+    import portanet
+
+    model = _bisect_model()
+    report = portanet.verify(model, bisect=True, nchw=nchw, backends=["ort"])
+    assert report.passed and report.bisect.layer is None and report.bisect.compared >= 3
+    broken = portanet.convert(model, nchw=nchw)
+    r = next(v for v in broken.graph.initializers.values() if v.name == "gru/R")
+    r.const_value = ir.tensor(r.const_value.numpy() * 1.5)
+    report = portanet.verify(model, onnx=broken, bisect=True, nchw=nchw, backends=["ort"])
+    assert not report.passed
+    assert report.bisect.layer == "gru"
