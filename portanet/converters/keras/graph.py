@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from portanet.converters.keras import layout
+from portanet.converters.keras import layout, masking
 from portanet.converters.keras.context import KerasContext, static_shape
 from portanet.converters.keras.ops import HANDLERS
 from portanet.converters.registry import ConvertOptions
@@ -83,12 +83,13 @@ def iter_nodes(model: Any) -> Iterator[Any]:
 def collect_layers(model: Any) -> list[tuple[str, str]]:
     """Every (layer name, handler key) in ``model``, nested models included."""
     out: list[tuple[str, str]] = []
+    skip = masking.mask_nodes(model)
     for node in iter_nodes(model):
         op = node.operation
         if is_model(op):
             out.extend(collect_layers(op))
-        elif layer_type(op) != "InputLayer":
-            out.append((op.name, layer_type(op)))
+        elif layer_type(op) != "InputLayer" and id(node) not in skip:
+            out.append((op.name, masking.refused_variant(node, layer_type(op)) or layer_type(op)))
     return out
 
 
@@ -136,9 +137,10 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
     """Convert every node of ``model`` in execution order; nested models recursively."""
+    skip = masking.mask_nodes(model)  # compute_mask's own nodes: masks come from masking.MASK_RULES
     for node in iter_nodes(model):
         op = node.operation
-        if layer_type(op) == "InputLayer":
+        if layer_type(op) == "InputLayer" or id(node) in skip:
             continue
         ins, outs = list(node.input_tensors), list(node.output_tensors)
         if is_model(op):
@@ -153,6 +155,7 @@ def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
         ctx.node = node
         with ctx.b.layer(op.name, kind):
             HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
+        masking.after_layer(ctx, op, kind, node)
 
 
 def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence[Any] = (),
