@@ -71,6 +71,37 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
 
 
+def user_code_options() -> list:
+    """--import / --plugin / --trust-code: user code loaded before the source is read (eager
+    callbacks, so every command taking source options honours them)."""
+
+    def _imports(ctx, param, values):
+        from portanet.converters.plugins import import_modules
+
+        import_modules(values)
+
+    def _plugins(ctx, param, values):
+        from portanet.converters.plugins import load_plugins
+
+        load_plugins(values)
+
+    def _trust(ctx, param, value):
+        if value:
+            from portanet.converters.plugins import trust_code
+
+            trust_code()
+
+    return [
+        click.option("--import", "imports", multiple=True, metavar="MODULE", expose_value=False, callback=_imports,
+                     help="Import MODULE first (repeatable): registers the user's Keras classes or layer plugins."),
+        click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", expose_value=False, callback=_plugins,
+                     type=click.Path(path_type=Path),
+                     help="Load layer handlers registered with @portanet.register_layer (repeatable)."),
+        click.option("--trust-code", is_flag=True, expose_value=False, callback=_trust,
+                     help="Keras: deserialize Lambda layers (runs Python code stored in the model file)."),
+    ]
+
+
 def source_options(fn):
     """The conversion options shared by `convert` and `verify` (they read the source the same way)."""
     options = [
@@ -86,6 +117,7 @@ def source_options(fn):
         click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!)."),
         click.option("--nchw", is_flag=True,
                      help="Keras/TF: NCHW inputs and outputs instead of the Keras NHWC interface."),
+        *user_code_options(),
     ]
     for option in reversed(options):
         fn = option(fn)
