@@ -265,7 +265,7 @@ def check_parity(ctx: Context, case: FrameworkCase, built: Built, row: Framework
 def measure(ctx: Context, case: FrameworkCase, row: FrameworkRow) -> None:
     """Convert, verify, evaluate and benchmark one framework; fills ``row``."""
     import portanet
-    from portanet.runtime.bench import bench_model, summarize, time_callable
+    from portanet.runtime.bench import bench_model, busy_reason, conditions, summarize, time_callable
 
     built = case.build(ctx)
     check_parity(ctx, case, built, row)
@@ -281,9 +281,18 @@ def measure(ctx: Context, case: FrameworkCase, row: FrameworkRow) -> None:
         for n in BATCH_SIZES:
             x = np.ascontiguousarray(ctx.digits.x_test[:n])
             times = time_callable(lambda _feeds, x=x: built.native(x), {}, **ctx.bench)
-            row.latency_ms[f"source/{n}"] = summarize("source", "cpu", n, times).p50_ms
+            record_latency(row, summarize("source", "cpu", n, times, busy=busy_reason(conditions())))
     for res in bench_model(built.model, backends=BACKENDS, batch_sizes=BATCH_SIZES, **ctx.bench):
-        row.latency_ms[f"{res.backend}/{res.batch}"] = res.p50_ms
+        record_latency(row, res)
+
+
+def record_latency(row: FrameworkRow, res: Any) -> None:
+    """One BenchResult into the row: p50, spread and why it is unreliable (if it is)."""
+    key = f"{res.backend}/{res.batch}"
+    row.latency_ms[key] = res.p50_ms
+    row.latency_spread[key] = res.spread
+    if res.unreliable:
+        row.latency_unreliable[key] = res.unreliable
 
 
 def finetune(ctx: Context, key: str, train_samples: int | None, on_batch: Callable[[int, int], None]) -> dict:
@@ -408,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.threads:
         set_threads(args.threads)
+    from portanet.runtime.bench import conditions
+
+    start_conditions = conditions()
     wanted = [k for k in CASES if k in args.frameworks.split(",")]
     epochs = args.epochs or (1 if args.quick else 12 if args.full else 4)
     settings = nets.TrainSettings(epochs=epochs, max_batches=10 if args.quick else None)
@@ -478,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = FrameworkRow(key, case.title, case.reference, case.weights)
             if key in ctx.trained:
                 row.train_seconds_per_epoch = ctx.trained[key].median_seconds
+                row.train_seconds_all = list(ctx.trained[key].seconds_per_epoch)
                 row.train_epochs = len(ctx.trained[key].seconds_per_epoch)
             why = case.unavailable(ctx)
             if why:
@@ -513,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "quick": args.quick, "full": args.full, "threads": args.threads, "bench": bench},
             rtol=1e-4, atol=1e-5, parity_images=ctx.parity_images, rows=rows, finetune=tuned, tools=ctx.tools)
         result.seconds = time.perf_counter() - started
+        result.conditions = {"start": start_conditions, "end": conditions()}
         paths = write_all(result, out)
         step()
 
@@ -521,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"fine-tuned {tuned['framework']}: ORT test accuracy {100 * tuned['accuracy_before']:.2f}% -> "
                       f"{100 * tuned['accuracy_after']:.2f}%")
     console.print(f"report: {paths['md']}  picture: {paths['png']}  ({result.seconds:.0f} s)")
+    flagged = result.unreliable()
+    if flagged:
+        console.print(f"[yellow]{len(flagged)} latency figure(s) unreliable[/] (marked † in the report): "
+                      f"{flagged[0]}; load average at start {start_conditions.get('load_average')}")
     failed = [r.title for r in rows if r.ok and r.parity_passed is False]
     broken = [r.title for r in rows if r.status.startswith("failed")]
     if failed or broken:

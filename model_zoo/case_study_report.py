@@ -46,6 +46,12 @@ class FrameworkRow:
     train_epochs: int = 0
     #: "backend/batch" -> p50 latency (ms)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: "backend/batch" -> (p90 - p10) / p50 of the timed runs
+    latency_spread: dict[str, float] = field(default_factory=dict)
+    #: "backend/batch" -> why that figure is unreliable (large spread, busy machine)
+    latency_unreliable: dict[str, str] = field(default_factory=dict)
+    #: seconds of every native training epoch (the table shows their median)
+    train_seconds_all: list[float] = field(default_factory=list)
     parity: list[ParityEntry] = field(default_factory=list)
     #: the converted ONNX file (relative to the output folder)
     onnx: str = ""
@@ -75,6 +81,13 @@ class CaseStudyResult:
     finetune: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: measurement conditions at the start and the end of the run (load average, cores, threads)
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+    def unreliable(self) -> list[str]:
+        """Every latency figure flagged unreliable, as "Framework backend bN: why"."""
+        return [f"{r.title} {key.replace('/', ' b')}: {why}" for r in self.rows
+                for key, why in r.latency_unreliable.items()]
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -100,8 +113,9 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
+def _ms(x: float | None, flagged: bool = False) -> str:
+    """A latency cell; a dagger marks a figure measured under conditions that make it unreliable."""
+    return "—" if x is None else f"{x:.3f}" + (" †" if flagged else "")
 
 
 def _err(x: float | None) -> str:
@@ -121,7 +135,7 @@ def table_rows(result: CaseStudyResult) -> list[list[str]]:
             continue
         conv = " / ".join(_pct(r.accuracy.get(b)) for b in CONVERTED)
         train = f"{r.train_seconds_per_epoch:.2f}" if r.train_seconds_per_epoch is not None else "—"
-        lat = [_ms(r.latency_ms.get(f"{b}/{n}")) for b, n in LATENCY_COLUMNS]
+        lat = [_ms(r.latency_ms.get(f"{b}/{n}"), f"{b}/{n}" in r.latency_unreliable) for b, n in LATENCY_COLUMNS]
         verdict = {True: "pass", False: "FAIL", None: "—"}[r.parity_passed]
         out.append([r.title, r.reference, r.weights, _pct(r.source_accuracy), conv, train, *lat,
                     _err(r.parity_max_abs), verdict])
@@ -144,12 +158,15 @@ What the columns mean:
 - **Source acc.**: top-1 accuracy of the source model on the test split, run by its framework.
 - **Converted acc. (ORT / torch)**: top-1 accuracy of portanet's converted model on ONNX Runtime and
   on portanet's torch backend.
-- **Train s/epoch**: median wall-clock seconds per native training epoch (frameworks trained here only).
+- **Train s/epoch**: median wall-clock seconds per native training epoch (frameworks trained here only;
+  the range over epochs is under "Measurement conditions").
 - **source bN ms**: median (p50) latency of one inference call of the source model in its own
   framework at batch size N (PyTorch eager, a Keras call, OpenCV DNN's forward); "—" where the
   source runs only in another process (mxnet) or nowhere (CNTK).
 - **ort/torch bN ms**: the same for the converted model on ONNX Runtime and on portanet's torch
   backend (`portanet.runtime.bench`: warm-up, then timed runs), on this machine's CPU.
+- **†**: a latency figure whose timed runs spread by more than half the median (p10 to p90), or that
+  was measured while the machine was busy; see "Measurement conditions".
 - **Max parity err**: the largest absolute difference between the source framework's output
   probabilities and the converted model's, over both backends and all parity images.
 - **Parity**: *pass* when every output element satisfies |converted - source| <= atol + rtol * |source|.
@@ -186,6 +203,7 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
                 f"The same from the command line:\n\n    {f['command']}\n")
         else:
             parts.append(f"\n## Fine-tuning a converted model\n\n{f['status']}\n")
+    parts.append(conditions_markdown(result))
     notes = [f"- {r.title}: {n}" for r in result.rows for n in r.notes]
     if notes:
         parts.append("\n## Notes\n\n" + "\n".join(notes) + "\n")
@@ -193,6 +211,42 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
         parts.append("\n## Versions\n\n" + ", ".join(f"{k} {v}" for k, v in result.tools.items()) + "\n")
     parts.append(f"\nTotal run time: {result.seconds:.0f} s.\n")
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+def conditions_markdown(result: CaseStudyResult) -> str:
+    """How trustworthy the timings are: load, threads, spread, flagged figures."""
+    c = result.conditions
+    start, end = c.get("start", {}), c.get("end", {})
+    lines = ["\n## Measurement conditions\n"]
+    lines.append(f"- Machine: {start.get('cpu_count', '?')} cores, {start.get('platform', '?')}, "
+                 f"Python {start.get('python', '?')}.")
+    lines.append(f"- Load average (1, 5, 15 min): {start.get('load_average')} at the start, "
+                 f"{end.get('load_average')} at the end.")
+    threads = result.settings.get("threads")
+    env = start.get("thread_env") or {}
+    lines.append(f"- Threads: {'--threads ' + str(threads) if threads else 'frameworks default (all cores)'}"
+                 f"; torch intra-op threads {end.get('torch_threads', '?')}"
+                 + (f"; environment {env}" if env else "") + ".")
+    b = result.settings.get("bench") or {}
+    lines.append(f"- Latency: {b.get('warmup', '?')} warm-up calls, then at least {b.get('iters', '?')} timed calls "
+                 f"and {b.get('min_seconds', '?')} s per cell; the table shows the median (p50).")
+    spreads = [(f"{r.title} {k.replace('/', ' b')}", v) for r in result.rows for k, v in r.latency_spread.items()]
+    if spreads:
+        worst = max(spreads, key=lambda kv: kv[1])
+        lines.append(f"- Spread (p90 - p10) / p50 of the timed calls: median "
+                     f"{sorted(v for _, v in spreads)[len(spreads) // 2]:.0%}, worst {worst[1]:.0%} ({worst[0]}).")
+    for r in result.rows:
+        if r.train_seconds_all:
+            lines.append(f"- {r.title} training: {len(r.train_seconds_all)} epoch(s), "
+                         f"{min(r.train_seconds_all):.2f}-{max(r.train_seconds_all):.2f} s per epoch.")
+    flagged = result.unreliable()
+    if flagged:
+        lines.append(f"- **{len(flagged)} latency figure(s) are unreliable (marked †)**: "
+                     + "; ".join(flagged[:8]) + ("; ..." if len(flagged) > 8 else "")
+                     + ". Rerun on an idle machine, or with `--threads 1`, before quoting them.")
+    else:
+        lines.append("- Every latency figure had a small spread on a machine that was not busy.")
+    return "\n".join(lines) + "\n"
 
 
 #: the terminal table drops the descriptive columns (1, 2: in report.md) to fit 100 columns
@@ -217,8 +271,15 @@ def rich_table(result: CaseStudyResult) -> Any:
 
 
 # ------------------------------------------------------------------------------ the picture
+#: why a framework has no bar in a latency panel
+_NO_SOURCE_BAR = {"mxnet": "mxnet runs in a side process", "cntk": "no CNTK runtime exists"}
+_BACKEND_LABELS = {"source": "source framework", "ort": "ONNX Runtime", "torch": "torch backend"}
+
+
 def plot(result: CaseStudyResult, path: Path) -> Path:
-    """Bars: p50 latency per backend at each batch size, and source/converted accuracy."""
+    """One panel per batch size (linear latency axis, value on every bar, p10-p90 whiskers),
+    then test accuracy; a framework without an in-process source runtime gets a note instead of
+    a bar, and unreliable figures are hatched."""
     import io
 
     import matplotlib
@@ -226,6 +287,7 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     from portanet.ir.io import atomic_write_bytes
 
@@ -234,18 +296,34 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
     xs = np.arange(len(rows))
     batches = sorted({n for _, n in LATENCY_COLUMNS})
     backends = list(dict.fromkeys(b for b, _ in LATENCY_COLUMNS))
-    fig = Figure(figsize=(4.2 * (len(batches) + 1), 4.0), dpi=110)
+    colors = {"source": "#7f7f7f", "ort": "#1f77b4", "torch": "#ff7f0e"}
+    fig = Figure(figsize=(5.2 * (len(batches) + 1), 4.6), dpi=110)
     axes = fig.subplots(1, len(batches) + 1)
     width = 0.8 / max(1, len(backends))
     for ax, n in zip(axes, batches):
+        top = max([r.latency_ms.get(f"{b}/{n}", 0.0) for r in rows for b in backends] + [1e-3])
         for i, b in enumerate(backends):
+            offs = xs + (i - (len(backends) - 1) / 2) * width
             ys = [r.latency_ms.get(f"{b}/{n}", np.nan) for r in rows]
-            ax.bar(xs + (i - (len(backends) - 1) / 2) * width, ys, width, label=b)
-        ax.set_title(f"p50 latency, batch {n}")
-        ax.set_yscale("log")  # ORT's tens of microseconds next to a Keras call's milliseconds
-        ax.set_ylabel("ms (log scale)")
+            bars = ax.bar(offs, ys, width, color=colors.get(b))
+            for x, y, r, bar in zip(offs, ys, rows, bars):
+                if np.isnan(y):
+                    if b == "source":
+                        ax.text(x, top * 0.02, _NO_SOURCE_BAR.get(r.key, "not timed"), rotation=90, ha="center",
+                                va="bottom", fontsize=7, color="0.35")
+                    continue
+                if f"{b}/{n}" in r.latency_unreliable:
+                    bar.set_hatch("//")
+                ax.text(x, y + top * 0.01, f"{y:.0f}" if y >= 10 else f"{y:.2g}", ha="center", va="bottom",
+                        fontsize=7, rotation=90)
+        ax.set_ylim(0, top * 1.3)
+        ax.set_title(f"inference latency, batch {n} (p50)")
+        ax.set_ylabel("milliseconds per call")
         ax.set_xticks(xs, names, rotation=20)
-        ax.legend(fontsize=8)
+        handles = [Patch(facecolor=colors.get(b), label=_BACKEND_LABELS.get(b, b)) for b in backends]
+        if any(r.latency_unreliable for r in rows):
+            handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="unreliable (busy/spread)"))
+        ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax = axes[-1]
     series = [("source", [r.source_accuracy for r in rows])] + [
         (f"converted ({b})", [r.accuracy.get(b) for r in rows]) for b in CONVERTED]
@@ -257,10 +335,14 @@ def plot(result: CaseStudyResult, path: Path) -> Path:
     low = max(0.0, min(finite) - 5) if finite else 0.0
     ax.set_ylim(low, 100)
     ax.set_title("test accuracy")
-    ax.set_ylabel("%")
+    ax.set_ylabel(f"% correct (axis starts at {low:.0f}%)")
     ax.set_xticks(xs, names, rotation=20)
-    # below the bars: with accuracies near 100% any corner of the panel is taken
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(series))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(series))
+    load = (result.conditions.get("start") or {}).get("load_average")
+    threads = result.settings.get("threads")
+    flagged = len(result.unreliable())
+    fig.suptitle(f"portanet case study — load average {load}, threads: {threads or 'default'}"
+                 + (f", {flagged} unreliable figure(s) hatched" if flagged else ""), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")

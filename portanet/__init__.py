@@ -9,6 +9,7 @@ Public API::
     out = portanet.Session(model, backend="ort").run({"data": x})
     report = portanet.verify(["deploy.prototxt", "net.caffemodel"])
     portanet.Trainer(model, ...).fit(...)
+    portanet.export(model, to="pytorch", path="net.py")
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
 
-__all__ = ["__version__", "load", "save", "convert", "optimize", "Session", "Trainer", "verify"]
+__all__ = ["__version__", "load", "save", "convert", "optimize", "export", "Session", "Trainer", "verify"]
 
 
 def load(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model:
@@ -72,6 +73,14 @@ def verify(*sources: Any, **kwargs: Any) -> Any:
     from portanet.parity import verify as _verify
 
     return _verify(*sources, **kwargs)
+
+
+def export(model: Any, *, to: str, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """Export ``model`` (IR, source paths or a framework model) to ``to`` (pytorch, torchscript,
+    pt2, keras, savedmodel, tflite) at ``path``, verified against ONNX Runtime by default."""
+    from portanet.export import export as _export
+
+    return _export(model, to=to, path=path, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

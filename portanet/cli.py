@@ -124,9 +124,20 @@ def source_options(fn):
     return fn
 
 
+def _source_list(sources: tuple[Path, ...], *flagged: Path | None) -> list[Path]:
+    """SOURCES plus the files given by flag (--prototxt/--weights/--params); at least one."""
+    srcs = list(sources) + [p for p in flagged if p is not None and p not in sources]
+    if not srcs:
+        raise InvalidInputError(
+            "no source model given: pass the model file(s) as arguments, or --prototxt/--weights (Caffe), "
+            "--params (MXNet)"
+        )
+    return srcs
+
+
 # ---------------------------------------------------------------------------------- convert
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
 @click.option("--framework", "-f", help="Source format (caffe, mxnet, keras, pytorch, cntk, onnx); detected by default.")
 @click.option("--opset", type=int, help="ONNX opset of the output (13-21; default 18).")
@@ -154,7 +165,7 @@ def convert(sources: tuple[Path, ...], output: Path, framework: str | None, opse
     from portanet.ir.io import save_onnx
     from portanet.ir.shapes import parse_input_shapes
 
-    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    srcs = _source_list(sources, prototxt, weights, params)
     opts = ConvertOptions(
         input_shapes=parse_input_shapes(input_shapes),
         prototxt=prototxt, weights=weights, params=params, epoch=epoch,
@@ -184,6 +195,12 @@ def _verify_into(srcs, model, framework):
     from portanet.parity import verify_model
 
     report = verify_model(srcs, model, framework=framework)
+    if click.get_current_context().find_root().params.get("verbose"):
+        _print_verify(report)  # the table; its last line is the verdict
+    elif report.passed:  # a failure's verdict is the error line printed on exit 3
+        console().print(f"[green]{report.summary()}[/green]", soft_wrap=True)
+        for note in report.notes:
+            console().print(f"[bold yellow]warning[/bold yellow]: {note}", soft_wrap=True)
     report.raise_on_failure()
     report.write_certificate(model)
     return model
@@ -198,6 +215,58 @@ def _print_summary(model, output: Path) -> None:
         f"[green]wrote[/green] {output}  ({model.metadata_props.get(FRAMEWORK_KEY, '?')} -> ONNX, "
         f"{n} nodes, {params:,} parameters)"
     )
+
+
+# ---------------------------------------------------------------------------------- export
+@cli.command("export")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, metavar="TARGET",
+              help="pytorch, torchscript, pt2, keras, savedmodel or tflite.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file (net.py, net.pt, net.pt2, model.keras, model.tflite) or folder (savedmodel).")
+@click.option("--framework", "-f", help="Source format; detected by default (an .onnx file works too).")
+@source_options
+@click.option("--verify/--no-verify", "do_verify", default=True, show_default=True,
+              help="Run the export in a fresh process beside ONNX Runtime on seeded inputs.")
+@click.option("--keep-layout", is_flag=True, help="Keras/SavedModel/TFLite: keep the IR's NCHW interface.")
+@click.option("--quantize", type=click.Choice(["dynamic"]), help="TFLite: dynamic-range int8 weights.")
+@click.option("--class-name", help="PyTorch: name of the generated nn.Module class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification inputs.")
+def export_cmd(sources: tuple[Path, ...], to: str, output: Path, framework: str | None,
+               input_shapes: tuple[str, ...], prototxt: Path | None, weights: Path | None, params: Path | None,
+               epoch: int | None, model_class: str | None, trust_pickle: bool, nchw: bool, do_verify: bool,
+               keep_layout: bool, quantize: str | None, class_name: str | None, seed: int) -> None:
+    """Export SOURCES (anything `convert` takes, or an .onnx) back into a framework.
+
+    \b
+    Examples:
+      portanet export deploy.prototxt net.caffemodel --to pytorch -o net.py     (+ net.pt)
+      portanet export model.onnx --to keras -o model.keras
+      portanet export resnet-symbol.json --to tflite -o resnet.tflite
+      portanet export net.onnx --to savedmodel -o served/
+    Exit 3 when the export does not match ONNX Runtime (the first divergent layer is named).
+    """
+    from portanet.converters.registry import ConvertOptions, convert_paths
+    from portanet.export import export, get_target
+    from portanet.ir.shapes import parse_input_shapes
+
+    tgt = get_target(to)
+    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    opts = ConvertOptions(
+        input_shapes=parse_input_shapes(input_shapes),
+        prototxt=prototxt, weights=weights, params=params, epoch=epoch,
+        model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,
+    )
+    with console().status(f"exporting to {tgt.name} ..."):
+        model = _optimize(convert_paths(srcs, opts, framework=framework), 1)
+        result = export(model, to=tgt.name, path=output, verify=do_verify, seed=seed, keep_layout=keep_layout,
+                        quantize=quantize, class_name=class_name, opt_level=0)
+    files = ", ".join(str(f) for f in result.artifact.files)
+    console().print(f"[green]wrote[/green] {files}  ({tgt.name}, {result.seconds:.2f} s)")
+    if result.check is not None:
+        c = result.check
+        console().print(f"[green]verified[/green] against ONNX Runtime in a fresh process (batch "
+                        f"{', '.join(map(str, c.batches))}): max error {c.max_error:.2g}")
 
 
 # ---------------------------------------------------------------------------------- inspect
@@ -362,7 +431,9 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
     for op in sorted(set(b.ops) | set(a.ops)):
         table.add_row(f"  {op}", str(b.ops.get(op, 0)), str(a.ops.get(op, 0)))
     con.print(table)
-    if check:
+    if check and not result.records:
+        con.print("nothing to change: no pass modified the model (outputs unchanged)")
+    elif check:
         passes = Table(title="Passes (ONNX Runtime check on probe inputs)")
         for col in ("round", "pass", "nodes", "max |change|", "relative"):
             passes.add_column(col, justify="left" if col == "pass" else "right")
@@ -374,9 +445,107 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
     con.print(f"[green]wrote[/green] {output}")
 
 
+# --- quantize ---
+@cli.command("quantize")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Quantized .onnx to write.")
+@click.option("--data", "-d", "data", type=click.Path(path_type=Path),
+              help="IDX directory or .npz: calibration from its training split, evaluation on its test split "
+                   "(default: the embedded MNIST 10k subset).")
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: int8 weights and activations (QDQ); dynamic: int8 MatMul/Gemm weights only.")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen (static).")
+@click.option("--samples", type=int, default=256, show_default=True, help="Calibration samples (training split).")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Accuracy budget: over it, the most sensitive layers stay float until it holds.")
+@click.option("--test-samples", type=int, help="Evaluate on the first N test samples (default: all).")
+@click.option("--mean", help="Input mean(s), comma-separated (default: as `portanet train`).")
+@click.option("--std", help="Input std(s), comma-separated (with --mean).")
+@click.option("--no-normalize", is_flag=True, help="Only scale integer images to [0, 1].")
+@click.option("--no-latency", is_flag=True, help="Skip the ONNX Runtime latency measurement.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample choice.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+def quantize_cmd(model_path: Path, output: Path, data: Path | None, mode: str, calibration: str, samples: int,
+                 per_channel: bool, max_accuracy_drop: float | None, test_samples: int | None, mean: str | None,
+                 std: str | None, no_normalize: bool, no_latency: bool, seed: int, json_path: Path | None) -> None:
+    """Quantize MODEL to int8 with calibration on real data, and measure what it costs.
+
+    Inputs are prepared as `portanet train` prepares them (layout, normalisation). Prints
+    float32 vs int8: top-1 accuracy (labelled data) or agreement/cosine, size, and ONNX
+    Runtime latency at batch 1 and 32. Exit 3 when --max-accuracy-drop cannot be met (the
+    model with every layer fallback tried is still written).
+
+    \b
+    Examples:
+      portanet quantize net.onnx -o net.int8.onnx
+      portanet quantize net.onnx -o q.onnx --data mnist/ --calibration entropy --samples 512
+      portanet quantize net.onnx -o q.onnx --data d.npz --max-accuracy-drop 0.5
+    """
+    from portanet.errors import ParityError
+    from portanet.ir.io import atomic_write_bytes
+    from portanet.quantize import QuantizeOptions, quantize_file
+
+    opts = QuantizeOptions(mode=mode, calibration=calibration, samples=samples, per_channel=per_channel,
+                           max_accuracy_drop=max_accuracy_drop, test_samples=test_samples, mean=_float_list(mean),
+                           std=_float_list(std), normalize=not no_normalize, seed=seed,
+                           latency_batches=() if no_latency else (1, 32))
+    opts.validate()
+    with console().status("quantizing ...") as status:
+        result = quantize_file(model_path, output, data, opts, progress=lambda msg: status.update(f"{msg} ..."))
+    report = result.report
+    _print_quantize(report, output)
+    if json_path is not None:
+        atomic_write_bytes(json_path, report.to_json().encode())
+        console().print(f"[green]wrote[/green] {json_path}")
+    if report.budget_met is False:
+        raise ParityError(f"{output}: int8 loses {report.drop:.2f} points, over the budget of "
+                          f"{report.budget:g}, even with {len(report.fallback.kept) if report.fallback else 0} "
+                          "layer(s) in float")
+
+
+def _print_quantize(report: Any, output: Path) -> None:
+    from rich.table import Table
+
+    con = console()
+    d = report.data
+    con.print(f"calibration: {d['calibration_samples']} training samples of {d['data']} "
+              f"({report.calibration or 'none: dynamic'}), evaluation: {d['test_samples']} test samples; "
+              f"normalisation: {d['normalization_source']}", soft_wrap=True)
+    batches = sorted({b for r in report.rows for b in r.latency_ms})
+    table = Table(title=f"{output.name}: float32 vs int8 ({report.mode}, "
+                        f"{'per-channel' if report.per_channel else 'per-tensor'} weights)")
+    cols = ["precision", "top-1 acc", "agree w/ float", "cosine", "max rel err", "size MB"] + [
+        f"ORT b{b} ms" for b in batches]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "precision" else "right")
+    base = report.rows[0]
+    for r in report.rows:
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        ratio = lambda a, b, r=r: "" if r is base or not b else f" ({a / b:.2f}x)"  # noqa: E731
+        table.add_row(r.name, pct(r.accuracy), pct(r.agreement), f"{r.cosine:.5f}", f"{r.max_rel:.3g}",
+                      f"{r.size_bytes / 1e6:.3f}{ratio(r.size_bytes, base.size_bytes)}",
+                      *[f"{r.latency_ms[b]:.3f}{ratio(r.latency_ms[b], base.latency_ms.get(b))}" for b in batches])
+    con.print(table)
+    fb = report.fallback
+    if fb is not None:
+        con.print(f"naive int8 lost {report.naive_drop:.2f} points (budget {report.budget:g}): measured "
+                  f"{len(fb.sensitivities)} layers one at a time", soft_wrap=True)
+        ft = Table(title="layers kept in float (source layers, most sensitive first)")
+        for c in ("layer", "type", "why"):
+            ft.add_column(c, overflow="fold")
+        for s, why in fb.kept_layers():
+            ft.add_row(s.layer, s.layer_type, why)
+        con.print(ft)
+    style = "green" if report.budget_met is not False else "red"
+    con.print(f"[{style}]{report.summary()}[/{style}]", soft_wrap=True)
+    con.print(f"[green]wrote[/green] {output}")
+
+
 # --- verify ---
 @cli.command("verify")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
               help="An already converted model to check (default: convert SOURCES now).")
 @click.option("--framework", "-f", help="Source format; detected by default.")
@@ -424,7 +593,7 @@ def verify(sources: tuple[Path, ...], onnx_path: Path | None, framework: str | N
     from portanet.parity import verify as run_verify
     from portanet.parity.inputs import load_array
 
-    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    srcs = _source_list(sources, prototxt, weights, params)
     arrays = {}
     for spec in inputs:
         name, sep, file = spec.partition("=")
@@ -504,8 +673,10 @@ def _print_verify(report) -> None:
         con.print(gt)
         if g.unmatched:
             con.print(f"[red]source parameters not found in the model[/red]: {', '.join(g.unmatched[:10])}")
+    for note in report.notes:
+        con.print(f"[bold yellow]warning[/bold yellow]: {note}", soft_wrap=True)
     if report.passed:  # a failure's summary is the error line the CLI prints on exit 3
-        con.print(f"[green]{report.summary()}[/green]")
+        con.print(f"[green]{report.summary()}[/green]", soft_wrap=True)
 
 
 # --- train ---
@@ -574,7 +745,6 @@ def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_
     import os
     from dataclasses import asdict
 
-    from portanet.runtime import distributed
     from portanet.runtime.trainer import TrainConfig
 
     config = TrainConfig(
@@ -597,21 +767,42 @@ def train(model_path: Path, data: Path | None, output: Path, epochs: int, batch_
         "resume": resume, "log": str(log_path or Path(f"{stem}.train.json")),
         "plot": str(plot_path or Path(f"{stem}.train.png")), "opset": opset,
     }
+    try:
+        result = _train_or_launch(spec, nproc, device)
+    except KeyboardInterrupt:
+        click.echo(_interrupted_message(Path(spec["checkpoint_dir"]), sys.argv[1:], resume), err=True)
+        sys.exit(130)
+    if "error" in result:
+        raise InvalidInputError(result["error"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_train_summary(result)
+
+
+def _interrupted_message(ckpt_dir: Path, argv: list[str], resumed: bool) -> str:
+    """What Ctrl-C during training leaves behind, and the command that continues it."""
+    from portanet.runtime.trainer import list_checkpoints
+
+    found = list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    if not found:
+        return "interrupted before the first epoch ended: no checkpoint was written; start again to train"
+    again = " ".join(argv) + ("" if resumed else " --resume")
+    return (f"interrupted: the newest checkpoint is {found[-1]} (saved after each epoch); "
+            f"continue with: portanet {again}")
+
+
+def _train_or_launch(spec: dict[str, Any], nproc: int, device: str) -> dict[str, Any]:
+    from portanet.runtime import distributed
+
     if nproc > 1 and not distributed.in_launched_worker():
-        from portanet.runtime.trainer import train_files
+        from portanet.runtime.trainer import TrainConfig, train_files
 
         # check every input here, where errors become one line, before starting workers
         train_files(spec["model"], spec["data"], None, config=TrainConfig(**{**spec["config"], "device": "cpu"}),
                     dry_run=True)
         distributed.check_devices(device, nproc)
         console().print(f"starting {nproc} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
-        result = distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
-    else:
-        result = _train_worker(spec)
-    if "error" in result:
-        raise InvalidInputError(result["error"])
-    if int(os.environ.get("RANK", "0")) == 0:
-        _print_train_summary(result)
+        return distributed.launch(_train_worker, ({**spec, "launched": True},), nproc)
+    return _train_worker(spec)
 
 
 def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -715,7 +906,7 @@ def bench(model_path: Path, backends: str, batch_sizes: str, device: str, warmup
     from rich.table import Table
 
     from portanet.ir.io import load_onnx
-    from portanet.runtime.bench import bench_model, plot_results
+    from portanet.runtime.bench import bench_model, conditions, plot_results
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -734,12 +925,20 @@ def bench(model_path: Path, backends: str, batch_sizes: str, device: str, warmup
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         table = Table(title=f"{model_path.name} on {device}")
-        for col in ("backend", "batch", "p50 ms", "p90 ms", "samples/s", "runs"):
+        for col in ("backend", "batch", "p50 ms", "p10-p90 ms", "spread", "samples/s", "runs"):
             table.add_column(col, justify="left" if col == "backend" else "right")
         for r in results:
-            table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:,.1f}",
-                          str(r.runs))
+            table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p10_ms:.3f}-{r.p90_ms:.3f}",
+                          f"{r.spread:.0%}" + (" [yellow]![/yellow]" if r.unreliable else ""),
+                          f"{r.throughput:,.1f}", str(r.runs))
         con.print(table)
+        cond = conditions()
+        con.print(f"conditions: load average {cond.get('load_average')}, {cond.get('cpu_count')} cores, "
+                  f"threads {cond.get('thread_env') or 'default'}", soft_wrap=True)
+        flagged = [r for r in results if r.unreliable]
+        if flagged:
+            con.print(f"[yellow]unreliable[/yellow] ({len(flagged)} figure(s), marked !): {flagged[0].unreliable}; "
+                      "rerun on an idle machine or with more --iters", soft_wrap=True)
     if plot is not None:
         plot_results(results, plot, title=model_path.name)
         if not as_json:

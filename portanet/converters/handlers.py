@@ -80,7 +80,7 @@ class HandlerTable:
             raise exc.located(framework=self.framework, layer=layer_name, layer_type=op_type, path=path) from None
         except PortanetError:
             raise
-        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError, ArithmeticError) as exc:
             raise ConversionError(
                 f"{type(exc).__name__}: {exc}",
                 framework=self.framework,

@@ -83,15 +83,19 @@ def read_onnx_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise InvalidModelError(f"{p}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
     if not proto.graph.node and not proto.graph.output:
         raise InvalidModelError(f"{p}: not a valid ONNX file (no graph)")
+    from portanet.ir.onnx_check import check_strings, validate_proto
+
+    check_strings(proto, p)  # first: protobuf hands non-UTF-8 strings over as bytes
     _check_external_locations(proto, p)
     opset = model_opset(proto)
     if not MIN_LOAD_OPSET <= opset <= MAX_OPSET:
         raise InvalidModelError(f"{p}: opset {opset} is outside the supported range {MIN_LOAD_OPSET}-{MAX_OPSET}")
     try:
         onnx.checker.check_model(str(p))
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise InvalidModelError(f"{p}: ONNX checker rejected the model: {first}") from exc
+    validate_proto(proto, p)
     return proto
 
 
@@ -101,9 +105,20 @@ def load_onnx(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model
     proto = read_onnx_proto(p)
     if upgrade and model_opset(proto) != CANONICAL_OPSET:
         proto = convert_opset(proto, CANONICAL_OPSET, where=str(p))
-    model = ir.serde.deserialize_model(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except ir.serde.SerdeError as exc:
+        raise InvalidModelError(f"{p}: not a valid ONNX model ({_root_cause(exc)})") from exc
     ir.external_data.set_base_dir(model.graph, p.resolve().parent)
     return model
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause of a wrapped error (onnx_ir nests them per level)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def convert_opset(proto: onnx.ModelProto, target: int, *, where: str = "model") -> onnx.ModelProto:

@@ -79,6 +79,8 @@ class VerifyReport:
     tools: dict[str, str] = field(default_factory=dict)
     #: backends asked for by default that are not installed (reported, not compared)
     skipped_backends: dict[str, str] = field(default_factory=dict)
+    #: why the verdict proves little (degenerate source outputs: constant, uniform, NaN)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -93,8 +95,11 @@ class VerifyReport:
     def summary(self) -> str:
         """One line: what failed and by how much (or that everything passed)."""
         if self.passed:
-            return (f"parity OK: {len(self.results)} comparison(s) across {', '.join(self.backends)} "
+            text = (f"parity OK: {len(self.results)} comparison(s) across {', '.join(self.backends)} "
                     f"within rtol={self.rtol:g} atol={self.atol:g}")
+            if self.notes:
+                text += f" — but not informative: {self.notes[0]}"
+            return text
         parts = []
         fails = self.failures()
         if fails:
@@ -133,6 +138,8 @@ class VerifyReport:
             "inputs": {"kind": self.input_kind, "shapes": self.input_shapes},
             "backends": self.backends,
             "skipped_backends": self.skipped_backends,
+            "informative": not self.notes,
+            "notes": self.notes,
             "results": [
                 {"backend": r.backend, "inputs": r.inputs, "output": r.output,
                  **{k: (_num(v) if isinstance(v, float) else v) for k, v in r.stats.as_dict().items()}}
@@ -165,6 +172,8 @@ class VerifyReport:
             "tolerance": {"rtol": self.rtol, "atol": self.atol},
             "outputs": outputs,
         }
+        if self.notes:
+            cert["not_informative"] = self.notes
         if self.gradients is not None:
             g = self.gradients
             worst = g.worst(1)
@@ -199,4 +208,6 @@ def certificate_summary(cert: Any) -> str | None:
             f"(rtol {tol.get('rtol', '?')}, atol {tol.get('atol', '?')})")
     if isinstance(grads, dict):
         text += f", gradients of {grads.get('parameters')} parameters checked"
+    if cert.get("not_informative"):
+        text += " (NOT INFORMATIVE: degenerate source outputs)"
     return text + f", {cert.get('verified_at', '')}"

@@ -17,6 +17,7 @@ from portanet.ir.metadata import describe_sources
 from portanet.parity.bisect import DEFAULT_CHUNK, BisectResult, write_repro
 from portanet.parity.bisect import bisect as _bisect
 from portanet.parity.compare import DEFAULT_ATOL, DEFAULT_RTOL, compare
+from portanet.parity.degenerate import degenerate_notes
 from portanet.parity.inputs import FeedSet, data_feed_sets, given_feed_set, parse_shape_sets, random_feed_sets
 from portanet.parity.reference import run_reference, runner_for
 from portanet.parity.report import OutputResult, VerifyReport, tool_versions
@@ -203,8 +204,11 @@ def verify_model(
         skipped_backends=skipped,
     )
     first_failure: tuple[str, FeedSet] | None = None
+    ref_values: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
     for fs in feed_sets:
         ref, _ = run_reference(fw, ref_sources, fs.feeds, output_names=output_names, options=options)
+        for name in output_names:
+            ref_values[name].append(np.asarray(ref[name]))
         for b, sess in sessions.items():
             got = sess.run(fs.feeds)
             for name in output_names:
@@ -213,6 +217,9 @@ def verify_model(
                 if not stats.passed and first_failure is None:
                     first_failure = (b, fs)
     del sessions
+    report.notes = degenerate_notes(ref_values)
+    for note in report.notes:
+        log.warning("%s", note)
 
     if bisect or (bisect is None and first_failure is not None):
         b, fs = first_failure or (chosen[0], feed_sets[0])

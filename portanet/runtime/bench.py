@@ -6,6 +6,7 @@ and ``min_seconds`` have passed; latency percentiles are over individual runs.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 RunFn = Callable[[Mapping[str, np.ndarray]], Any]
 
 
+#: (p90 - p10) / p50 above which a latency figure is flagged as unreliable
+SPREAD_LIMIT = 0.5
+#: 1-minute load average per core above which the machine counts as busy
+LOAD_LIMIT = 0.75
+
+
 @dataclass
 class BenchResult:
     backend: str
@@ -33,9 +40,43 @@ class BenchResult:
     p90_ms: float
     mean_ms: float
     throughput: float  # samples per second at p50
+    p10_ms: float = 0.0
+    #: (p90 - p10) / p50: how much the timed runs disagree
+    spread: float = 0.0
+    #: why this figure should not be trusted ("" when it can be)
+    unreliable: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def conditions() -> dict[str, Any]:
+    """The measurement conditions a latency figure depends on: load average, cores, thread
+    settings (environment and the frameworks' own), Python and platform."""
+    import os
+    import platform
+    import sys
+
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                            "python": sys.version.split()[0]}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        info["load_average"] = None
+    info["thread_env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                          if k in os.environ}
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    return info
+
+
+def busy_reason(cond: Mapping[str, Any]) -> str:
+    """Why the machine was too busy for trustworthy timings ("" when it was not)."""
+    load = cond.get("load_average")
+    cores = cond.get("cpu_count") or 1
+    if load and load[0] > LOAD_LIMIT * cores:
+        return f"machine busy: 1-min load average {load[0]:.2f} on {cores} cores"
+    return ""
 
 
 def time_callable(
@@ -55,13 +96,20 @@ def time_callable(
     return times
 
 
-def summarize(backend: str, device: str, batch: int, times: Sequence[float]) -> BenchResult:
+def summarize(backend: str, device: str, batch: int, times: Sequence[float], busy: str = "") -> BenchResult:
+    """Percentiles of ``times`` (seconds); flags the figure when the runs disagree by more than
+    ``SPREAD_LIMIT`` of the median or the machine was ``busy`` (a reason from ``busy_reason``)."""
     arr = np.asarray(times) * 1000.0
-    p50 = float(np.percentile(arr, 50))
+    p10, p50, p90 = (float(np.percentile(arr, q)) for q in (10, 50, 90))
+    spread = (p90 - p10) / p50 if p50 > 0 else 0.0
+    why = [f"spread {spread:.0%} of the median"] if spread > SPREAD_LIMIT else []
+    if busy:
+        why.append(busy)
     return BenchResult(
         backend=backend, device=device, batch=batch, runs=len(arr), p50_ms=p50,
-        p90_ms=float(np.percentile(arr, 90)), mean_ms=float(arr.mean()),
+        p90_ms=p90, mean_ms=float(arr.mean()),
         throughput=batch / (p50 / 1000.0) if p50 > 0 else float("inf"),
+        p10_ms=p10, spread=spread, unreliable="; ".join(why),
     )
 
 
@@ -112,8 +160,8 @@ def bench_model(
         for batch in batch_sizes:
             feeds = feeder.random_feeds(batch=batch, seed=seed)
             log.info("benchmarking %s/%s at batch %d", backend, device, batch)
-            res = summarize(backend, device, batch, time_callable(fn, feeds, warmup=warmup, iters=iters,
-                                                                  min_seconds=min_seconds))
+            times = time_callable(fn, feeds, warmup=warmup, iters=iters, min_seconds=min_seconds)
+            res = summarize(backend, device, batch, times, busy=busy_reason(conditions()))
             results.append(res)
             if on_result:
                 on_result(res)
@@ -121,28 +169,54 @@ def bench_model(
 
 
 def plot_results(results: Sequence[BenchResult], path: str | Path, title: str = "") -> Path:
-    """Grouped bars: p50 latency per backend for each batch size (PNG)."""
+    """Write ``bench_figure`` as a PNG."""
+    from portanet.ir.io import atomic_write_bytes
+
+    fig = bench_figure(results, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def bench_figure(results: Sequence[BenchResult], title: str = "") -> Any:
+    """One panel per batch size (each with its own linear latency axis, so batch-1 bars are
+    not dwarfed by batch 32): p50 latency per backend, the p10-p90 range as an error bar,
+    the value on each bar, hatched bars for figures flagged unreliable. A matplotlib Figure."""
     from portanet._deps import require
 
     matplotlib = require("matplotlib")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     backends = list(dict.fromkeys(r.backend for r in results))
     batches = sorted({r.batch for r in results})
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(batches) * max(1, len(backends)) / 2, 3.6))
-    width = 0.8 / max(1, len(backends))
-    for i, be in enumerate(backends):
-        ys = [next((r.p50_ms for r in results if r.backend == be and r.batch == b), np.nan) for b in batches]
-        xs = np.arange(len(batches)) + i * width
-        ax.bar(xs, ys, width, label=be)
-    ax.set_xticks(np.arange(len(batches)) + width * (len(backends) - 1) / 2)
-    ax.set_xticklabels([f"batch {b}" for b in batches])
-    ax.set_ylabel("p50 latency (ms)")
-    ax.set_title(title or "portanet bench")
-    ax.legend()
+    colors = matplotlib.colormaps["tab10"].colors
+    fig = Figure(figsize=(0.6 + 0.9 * max(2, len(backends)) * max(1, len(batches)), 3.8))
+    axes = fig.subplots(1, max(1, len(batches)), squeeze=False)
+    flagged = False
+    for ax, b in zip(axes[0], batches):
+        rows = [next((r for r in results if r.backend == be and r.batch == b), None) for be in backends]
+        xs = np.arange(len(backends))
+        ys = [r.p50_ms if r else 0.0 for r in rows]
+        lo = [r.p50_ms - r.p10_ms if r and r.p10_ms else 0.0 for r in rows]
+        hi = [r.p90_ms - r.p50_ms if r else 0.0 for r in rows]
+        bars = ax.bar(xs, ys, 0.7, color=[colors[i % len(colors)] for i in range(len(backends))],
+                      yerr=[lo, hi], capsize=3, ecolor="0.3")
+        for bar, r in zip(bars, rows):
+            if r is None:
+                continue
+            if r.unreliable:
+                bar.set_hatch("//")
+                flagged = True
+            ax.annotate(f"{r.p50_ms:.3g}", (bar.get_x() + bar.get_width() / 2, r.p90_ms), ha="center",
+                        va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(backends, rotation=30 if len(backends) > 3 else 0)
+        ax.set_title(f"batch {b}")
+        ax.set_ylabel("p50 latency (ms)")
+        ax.set_ylim(0, max([r.p90_ms for r in rows if r] + [1e-3]) * 1.25)
+    fig.suptitle(title or "portanet bench")
+    if flagged:
+        fig.text(0.01, 0.01, "hatched: unreliable figure (large spread or busy machine)", fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig

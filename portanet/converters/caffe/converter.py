@@ -69,6 +69,7 @@ def load_deploy(
         definition, where = reader.read_prototxt(prototxt), str(prototxt)
     else:
         assert raw is not None
+        _require_topology(raw, str(weights))
         definition, where = reader.strip_blobs(raw), str(weights)
     stages = options.extra.get("caffe_stages")
     deploy = caffe_net.deploy_graph(definition, path=where, stages=set(stages) if stages else None)
@@ -76,6 +77,20 @@ def load_deploy(
         caffe_net.attach_weights(deploy, raw, path=str(weights))
     caffe_net.apply_input_shapes(deploy, options.input_shapes, path=where)
     return deploy, where, str(weights) if weights is not None else None
+
+
+def _require_topology(raw: Any, path: str) -> None:
+    """A .caffemodel given alone must hold the layer graph (bottoms/tops), not only weights:
+    many published caffemodels are weights-only and need their deploy prototxt."""
+    layers = list(raw.layer) + list(raw.layers)
+    if any(lp.bottom or lp.top for lp in layers) or raw.input:
+        return
+    what = (f"holds weights only ({len(layers)} layers without bottom/top blobs)" if layers
+            else "holds no layers")
+    raise InvalidModelError(
+        f"{path}: this .caffemodel {what}, so it has no layer definitions to convert; pass the deploy "
+        f"prototxt as well: portanet convert deploy.prototxt {Path(path).name} -o model.onnx"
+    )
 
 
 def check_supported(deploy: DeployNet, where: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from portanet.converters.keras import layout
+from portanet.converters.keras import layout, masking
 from portanet.converters.keras.context import KerasContext, static_shape
 from portanet.converters.keras.ops import HANDLERS
 from portanet.converters.registry import ConvertOptions
@@ -116,15 +116,18 @@ def collect_layers(model: Any, traces: Traces | None = None) -> list[tuple[str, 
     """Every (layer name, handler key) in ``model``, nested models and traced layers included."""
     traces = traces if traces is not None else Traces()
     out: list[tuple[str, str]] = []
+    skip = masking.mask_nodes(model)
     for node in iter_nodes(model):
         op = node.operation
+        if layer_type(op) == "InputLayer" or id(node) in skip:
+            continue
         trace = traces.get(node)
         if trace is not None:
             out.extend(collect_layers(trace.model, traces))
         elif is_model(op) and has_layer_graph(op):
             out.extend(collect_layers(op, traces))
-        elif layer_type(op) != "InputLayer":
-            out.append((op.name, layer_type(op)))
+        else:
+            out.append((op.name, masking.refused_variant(node, layer_type(op)) or layer_type(op)))
     return out
 
 
@@ -174,9 +177,10 @@ def _walk(ctx: KerasContext, model: Any, path: str | None, traces: Traces,
           source: tuple[str, str] | None = None) -> None:
     """Convert every node of ``model`` in execution order; nested models recursively.
     ``source`` (a traced layer's name and type) overrides the provenance of every node."""
+    skip = masking.mask_nodes(model)  # compute_mask's own nodes: masks come from masking.MASK_RULES
     for node in iter_nodes(model):
         op = node.operation
-        if layer_type(op) == "InputLayer":
+        if layer_type(op) == "InputLayer" or id(node) in skip:
             continue
         ins, outs = list(node.input_tensors), list(node.output_tensors)
         trace = traces.get(node)
@@ -195,6 +199,7 @@ def _walk(ctx: KerasContext, model: Any, path: str | None, traces: Traces,
         ctx.node = node
         with ctx.b.layer(*(source or (op.name, kind))):
             HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
+        masking.after_layer(ctx, op, kind, node)
 
 
 def _walk_traced(ctx: KerasContext, node: Any, trace: Any, path: str | None, traces: Traces,

@@ -195,8 +195,11 @@ class KerasImporter(Importer):
         if _head(path) == HDF5_MAGIC:
             return True
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
+            try:
+                with zipfile.ZipFile(path) as z:
+                    names = set(z.namelist())
+            except (zipfile.BadZipFile, OSError, ValueError):  # a corrupt archive is not a .keras file
+                return False
             return "config.json" in names and "model.weights.h5" in names
         return False
 

@@ -188,6 +188,8 @@ def export_to_ir(
         _pin_input_shapes(model, options.input_shapes, dynamic, where)
     if dynamic:
         _rename_batch_dims(model)
+        if isinstance(obj, torch.export.ExportedProgram):
+            _warn_static_batch(model, where)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
     return model
 
@@ -313,6 +315,21 @@ def _pin_input_shapes(model: ir.Model, shapes: dict[str, list[int | str]], dynam
             else:
                 new.append(want if isinstance(want, int) else have)
         value.shape = ir.Shape(new)
+
+
+def _warn_static_batch(model: ir.Model, where: str) -> None:
+    """An ExportedProgram traced without ``dynamic_shapes`` bakes its example's batch size:
+    say so once, with the fix, instead of failing later at another batch size."""
+    fixed = [(v.name, v.shape[0]) for v in model.graph.inputs
+             if not v.is_initializer() and v.shape is not None and len(v.shape) and isinstance(v.shape[0], int)]
+    if not fixed:
+        return
+    names = ", ".join(f"'{n}' at {d}" for n, d in fixed)
+    log.warning(
+        "%s: the exported program fixes the batch dimension of input %s, so the converted model takes only that "
+        "batch size; re-export with a dynamic batch: torch.export.export(model, (x,), "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},))", where, names,
+    )
 
 
 def _rename_batch_dims(model: ir.Model) -> None:

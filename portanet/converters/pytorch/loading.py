@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import pickle
+import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,27 @@ def load_source(path: Path, options: ConvertOptions) -> Any:
     return load_saved(path, options)
 
 
+#: torch loggers that report a broken archive with a full traceback before raising
+_TORCH_LOADERS = ("torch.export", "torch._export", "torch.jit", "torch._dynamo", "torch.fx")
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch's own logs and warnings while a file loads: a broken archive is reported once,
+    as portanet's one-line error, not as torch's traceback and compiler excerpts before it."""
+    loggers = [logging.getLogger(n) for n in _TORCH_LOADERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def load_pt2(path: Path) -> Any:
     import torch
 
@@ -61,8 +85,7 @@ def load_pt2(path: Path) -> Any:
         raise InvalidModelError(f"{path}: not a torch.export .pt2 archive (not a zip file); "
                                 "write one with torch.export.save(torch.export.export(model, args), path)")
     try:
-        with warnings.catch_warnings():  # torch warns about its own deprecated pytree classes
-            warnings.simplefilter("ignore")
+        with _quiet_torch():  # torch warns about its own deprecated pytree classes, logs broken archives
             return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise InvalidModelError(f"{path}: not a readable torch.export .pt2 archive ({_first_line(exc)})") from exc
@@ -73,7 +96,8 @@ def load_torchscript(path: Path, options: ConvertOptions) -> Any:
     import torch
 
     try:
-        script = torch.jit.load(str(path), map_location="cpu")
+        with _quiet_torch():
+            script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InvalidModelError(f"{path}: not a readable TorchScript archive ({_first_line(exc)})") from exc
     script.eval()
@@ -83,7 +107,8 @@ def load_torchscript(path: Path, options: ConvertOptions) -> Any:
     try:
         from torch._export.converter import TS2EPConverter
 
-        return TS2EPConverter(script, args).convert()
+        with _quiet_torch():
+            return TS2EPConverter(script, args).convert()
     except Exception as exc:  # noqa: BLE001
         raise ConversionError(
             f"torch cannot convert this TorchScript model to an ExportedProgram ({_first_line(exc)}); "
@@ -176,10 +201,17 @@ def build_from_factory(spec: str, *, where: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise InvalidInputError(f"--model-class '{spec}': expected pkg.module:Factory")
+    # like `python -m`, look in the working directory first (a console script's sys.path lacks it)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise InvalidInputError(f"--model-class '{spec}': cannot import {mod_name} ({_first_line(exc)})") from exc
+        raise InvalidInputError(
+            f"--model-class '{spec}': cannot import {mod_name} ({_first_line(exc)}); run from the folder that "
+            "contains the package, or add its folder to PYTHONPATH"
+        ) from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)

@@ -13,7 +13,9 @@ from portanet.converters.keras.ops import (  # noqa: F401  (imported for registr
     norm,
     pooling,
     preprocessing,
+    recurrent,
     reshape,
+    sequence,
 )
 from portanet.converters.keras.ops._table import HANDLERS
 
