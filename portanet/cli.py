@@ -375,8 +375,11 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
 @click.option("--passes", metavar="a,b,...", help="Run exactly these passes (names as in the --check table).")
 @click.option("--check", is_flag=True, help="Run probe inputs through ONNX Runtime around every pass.")
 @click.option("--opset", type=int, help="ONNX opset of the output (13-21; default: the model's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: float16 weights and compute, float32 inputs/outputs, overflow-prone ops kept float32; "
+                   "checked against float32 at float16 tolerances (exit 3 beyond them).")
 def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | None, check: bool,
-                 opset: int | None) -> None:
+                 opset: int | None, precision: str) -> None:
     """Optimize MODEL: fewer nodes and bytes, the same outputs.
 
     \b
@@ -384,6 +387,7 @@ def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | N
       portanet optimize net.onnx -o net.opt.onnx
       portanet optimize net.onnx -o net.opt.onnx -O1 --check
       portanet optimize net.onnx -o out.onnx --passes constant_folding,remove_unused
+      portanet optimize net.onnx -o net.fp16.onnx --precision fp16
     """
     from portanet.ir.io import load_onnx, save_onnx
     from portanet.optimizer import optimize_with_report
@@ -394,8 +398,21 @@ def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | N
     model = load_onnx(model_path)
     with console().status("optimizing ..."):
         result = optimize_with_report(model, level=opt_level, passes=names, check=check)
-    save_onnx(result.model, output, opset=opset)
+    fp16 = None
+    if precision == "fp16":
+        from portanet.quantize.fp16 import fp16_checked
+
+        with console().status("converting to float16 ..."):
+            half, fp16 = fp16_checked(result.model)
+    save_onnx(half if fp16 is not None else result.model, output, opset=opset)
     _print_optimize(result, output, check)
+    if fp16 is not None:
+        from portanet.quantize.fp16 import FP16_ATOL, FP16_RTOL
+
+        for name, s in fp16.items():
+            console().print(f"float16 vs float32 on probe inputs, output {name}: max abs err {s.max_abs:.3g}, "
+                            f"max rel err {s.max_rel:.3g}, cosine {s.cosine:.6f} (tolerance {FP16_ATOL:g} + "
+                            f"{FP16_RTOL:g} * scale: pass)", soft_wrap=True)
 
 
 def _print_optimize(result: Any, output: Path, check: bool) -> None:
@@ -622,7 +639,7 @@ def _print_verify(report) -> None:
         s = r.stats
         table.add_row(r.backend, r.inputs, r.output, f"{s.max_abs:.3g}", f"{s.max_rel:.3g}", f"{s.cosine:.6f}",
                       "-" if s.top1 is None else f"{s.top1:.0%}",
-                      "[green]pass[/green]" if s.passed else f"[red]FAIL[/red] {s.problem}".strip())
+                      f"[green]pass[/green] {s.problem}".strip() if s.passed else f"[red]FAIL[/red] {s.problem}".strip())
     con.print(table)
     for b, why in report.skipped_backends.items():
         con.print(f"[yellow]skipped backend {b}[/yellow]: {why}")
