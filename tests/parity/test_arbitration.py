@@ -134,9 +134,7 @@ def _numpy_lenet(proto, weights, x):
     blobs = {lay.name: [blob_array(b).astype(np.float64) for b in lay.blobs] for lay in net.layer if len(lay.blobs)}
 
     def conv(a, w, b):
-        n, c, h, wd = a.shape
-        o, _, k, _ = w.shape
-        oh, ow = h - k + 1, wd - k + 1
+        k = w.shape[2]
         cols = np.lib.stride_tricks.sliding_window_view(a, (k, k), axis=(2, 3))  # (n, c, oh, ow, k, k)
         return np.einsum("nchwij,ocij->nohw", cols, w) + b[None, :, None, None]
 
