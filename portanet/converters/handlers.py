@@ -29,6 +29,7 @@ class HandlerTable:
         self.ignored: set[str] = set()
         #: op type -> where the user's plugin handler came from (``portanet.register_layer``)
         self.plugins: dict[str, str] = {}
+        self._replaced: dict[str, Handler] = {}
 
     def register(self, *op_types: str) -> Callable[[Handler], Handler]:
         """Decorator registering a handler for one or more source op types."""
@@ -44,8 +45,20 @@ class HandlerTable:
 
     def register_plugin(self, op_type: str, fn: Handler, *, origin: str) -> None:
         """A user's handler for ``op_type`` (replacing a built-in one); see ``converters/plugins.py``."""
+        if op_type in self._handlers and op_type not in self.plugins:
+            self._replaced[op_type] = self._handlers[op_type]
         self._handlers[op_type] = fn
         self.plugins[op_type] = origin
+
+    def remove_plugin(self, op_type: str) -> None:
+        """Drop the user's handler for ``op_type``, restoring the built-in one if it replaced one."""
+        if op_type not in self.plugins:
+            return
+        del self.plugins[op_type]
+        if op_type in self._replaced:
+            self._handlers[op_type] = self._replaced.pop(op_type)
+        else:
+            del self._handlers[op_type]
 
     def alias(self, op_type: str, existing: str) -> None:
         """One-line table entry: ``op_type`` is handled like ``existing``."""

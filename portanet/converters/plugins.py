@@ -68,15 +68,22 @@ def register_layer(framework: str, *layer_types: str) -> Callable[[Callable], Ca
     """
     if not layer_types:
         raise InvalidInputError("register_layer needs at least one layer type")
+    table = table_for(framework)
 
     def deco(fn: Callable) -> Callable:
-        table = table_for(framework)
         for t in layer_types:
             table.register_plugin(t, fn, origin=_origin(fn))
         log.info("plugin %s handles %s layer(s) %s", _origin(fn), framework, ", ".join(layer_types))
         return fn
 
     return deco
+
+
+def unregister_layer(framework: str, *layer_types: str) -> None:
+    """Remove users' handlers registered for ``layer_types`` (built-in handlers come back)."""
+    table = table_for(framework)
+    for t in layer_types:
+        table.remove_plugin(t)
 
 
 def load_plugins(paths: Iterable[Path | str]) -> None:
