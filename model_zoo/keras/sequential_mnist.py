@@ -4,7 +4,8 @@ One untrained Keras model is trained twice with the same recipe (Adam with torch
 1e-8, learning rate 1e-3 annealed per epoch by a cosine schedule, batch 64, pixels / 255,
 the embedded MNIST subset: 8,000 training / 2,000 test digits):
 
-* natively by Keras (``model.fit``);
+* natively by Keras (``model.fit``), on the same batches in the same order as portanet's
+  trainer (whose shuffling is torch's ``DistributedSampler``);
 * converted untrained by portanet and trained by ``portanet train`` (the CLI, in a
   subprocess), the trained ONNX file then scored by ONNX Runtime.
 
@@ -56,15 +57,32 @@ def load(n_train: int | None = None) -> dict[str, np.ndarray]:
             "x_test": splits.test.x.astype(np.float32) * scale, "y_test": splits.test.y.astype(np.int64)}
 
 
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    """The sample order of one epoch of ``portanet train`` (torch's DistributedSampler, one worker)."""
+    import torch
+
+    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), dtype=np.int64, count=n)
+
+
+def cosine_lr(epoch: int, epochs: int) -> float:
+    """portanet's cosine schedule: torch's CosineAnnealingLR stepped per epoch, to 0."""
+    return LR * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
 def train_keras(model: Any, data: dict[str, np.ndarray], epochs: int, seed: int = 0) -> float:
-    """Keras' own training; returns the test accuracy."""
+    """Keras' own training, on the batches ``portanet train`` sees, in the same order; returns
+    the test accuracy."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model.compile(optimizer=keras.optimizers.Adam(LR, epsilon=1e-8), loss="sparse_categorical_crossentropy")
-    # portanet's cosine schedule (torch's CosineAnnealingLR stepped per epoch, to 0 at the end)
-    cosine = keras.callbacks.LearningRateScheduler(lambda e, lr: LR * (1 + math.cos(math.pi * e / epochs)) / 2)
-    model.fit(data["x"], data["y"], batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=[cosine])
+    opt = keras.optimizers.Adam(LR, epsilon=1e-8)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    for epoch in range(epochs):
+        opt.learning_rate.assign(cosine_lr(epoch, epochs))
+        order = epoch_order(len(data["y"]), epoch, seed)
+        model.fit(data["x"][order], data["y"][order], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     probs = model.predict(data["x_test"], batch_size=500, verbose=0)
     return float(np.mean(np.argmax(probs, axis=1) == data["y_test"]))
 
