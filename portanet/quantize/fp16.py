@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -61,6 +60,7 @@ def to_float16(model: ir.Model, *, keep_ops: Iterable[str] = ()) -> ir.Model:
     with quiet():
         half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=keep_float32_ops(keep_ops))
     out = ir.serde.deserialize_model(half)
+    out.graph.sort()  # the converter appends its input Casts after their consumers
     out.metadata_props["portanet.precision"] = "float16"
     return out
 
@@ -78,5 +78,17 @@ def fp16_parity(
     return {name: compare(ref[name], got[name], rtol=rtol, atol=atol, elementwise=False) for name in ref}
 
 
-def precision_summary(stats: Mapping[str, TensorStats]) -> dict[str, Any]:
-    return {name: s.as_dict() for name, s in stats.items()}
+def fp16_checked(model: ir.Model, *, batch: int = 2, seed: int = 0) -> tuple[ir.Model, dict[str, TensorStats]]:
+    """``to_float16`` plus ``fp16_parity`` on seeded random probe inputs of ``batch`` samples;
+    ``ParityError`` (exit 3) names the outputs beyond the float16 tolerances."""
+    from portanet.errors import ParityError
+    from portanet.runtime.session import Session
+
+    half = to_float16(model)
+    feeds = Session(model, backend="ort").random_feeds(batch=batch, seed=seed)
+    stats = fp16_parity(model, half, feeds)
+    bad = [f"{n} (max rel err {s.max_rel:.3g})" for n, s in stats.items() if not s.passed]
+    if bad:
+        raise ParityError(f"float16 changes output(s) {', '.join(bad)} beyond the float16 tolerance "
+                          f"(max err <= {FP16_ATOL:g} + {FP16_RTOL:g} * max|float32 output|)")
+    return half, stats
