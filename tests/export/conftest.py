@@ -59,13 +59,14 @@ def _cntk(name: str) -> ir.Model:
 
 
 def _mxnet(name: str) -> ir.Model:
-    from model_zoo.mxnet import build, mxnet_python
-
-    if mxnet_python() is None:
-        pytest.skip("the mxnet side environment (.venv-mxnet) is missing; `make mxnet-env` creates it")
     import json
 
-    folder = build(("zoo", "case_study"))
+    from model_zoo.mxnet import build
+
+    try:  # built once by mxnet 1.9.1 in .venv-mxnet, then read from the cache
+        folder = build(("zoo", "case_study"))
+    except RuntimeError as exc:
+        pytest.skip(f"the MXNet zoo could not be built: {str(exc).splitlines()[0]}")
     manifest = [m for part in ("zoo", "case_study") for m in json.loads((folder / f"manifest-{part}.json").read_text())]
     shape = next(m["inputs"] for m in manifest if m["name"] == name)
     shapes = {k: ["N", *v[1:]] for k, v in shape.items()}  # the batch stays symbolic
