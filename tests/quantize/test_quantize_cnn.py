@@ -124,3 +124,21 @@ def test_unlabelled_data_reports_agreement_and_cosine(trained_cnn, tmp_path):
     q = json.loads(js.read_text())["rows"][1]
     assert q["accuracy"] is None and q["agreement"] > 0.98 and q["cosine"] > 0.999
     assert json.loads(js.read_text())["drop_kind"] == "agreement"
+
+
+def test_calibration_in_strides_gives_the_ranges_of_one_pass(trained_cnn, monkeypatch):
+    """Calibration runs in passes of CALIBRATION_STRIDE samples (memory); min/max ranges merged over
+    passes equal those of one pass over all samples."""
+    from portanet.ir.io import load_onnx
+    from portanet.quantize import QuantizeOptions, engine, quantize
+
+    def scales(stride: int) -> dict[str, np.ndarray]:
+        monkeypatch.setattr(engine, "CALIBRATION_STRIDE", stride)
+        opts = QuantizeOptions(samples=64, mean=[MEAN], std=[STD], latency_batches=(), test_samples=50)
+        m = quantize(load_onnx(trained_cnn.onnx), None, opts).model
+        return {k: v.const_value.numpy() for k, v in m.graph.initializers.items() if k.endswith("_scale")}
+
+    one, strided = scales(64), scales(8)
+    assert one.keys() == strided.keys() and len(one) > 5
+    for k in one:
+        np.testing.assert_allclose(strided[k], one[k], rtol=1e-6, err_msg=k)
