@@ -163,20 +163,25 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - one model's failure is its line
                 print(f"{name}: failed: {type(exc).__name__}: {exc}")
     load = os.getloadavg()
-    cols = ["model", "float MB", "int8 MB", "size ratio"] + [
-        f"b{b} float ms | int8 ms | ratio" for b in args.batches] + ["cosine int8 vs float"]
+    cols = ["model", "float MB", "int8 MB", "size ratio"]
+    for b in args.batches:
+        cols += [f"b{b} float ms", f"b{b} int8 ms", f"b{b} int8/float"]
+    cols.append("cosine int8 vs float")
     if args.fp16:
-        cols += ["fp16 MB"] + [f"b{b} fp16 ms | ratio" for b in args.batches]
+        cols.append("fp16 MB")
+        for b in args.batches:
+            cols += [f"b{b} fp16 ms", f"b{b} fp16/float"]
     lines = []
     for r in rows:
         cells = [r["model"], f"{r['float_mb']:.1f}", f"{r['int8_mb']:.1f}", f"{r['int8_mb'] / r['float_mb']:.2f}x"]
         for b in args.batches:
             fm, qm = r["float_ms"][b], r["int8_ms"][b]
-            cells.append(f"{fm:.1f} | {qm:.1f} | {qm / fm:.2f}x")
+            cells += [f"{fm:.1f}", f"{qm:.1f}", f"{qm / fm:.2f}x"]
         cells.append(f"{r['cosine']:.4f}")
         if args.fp16:
             cells.append(f"{r['fp16_mb']:.1f}")
-            cells += [f"{r['fp16_ms'][b]:.1f} | {r['fp16_ms'][b] / r['float_ms'][b]:.2f}x" for b in args.batches]
+            for b in args.batches:
+                cells += [f"{r['fp16_ms'][b]:.1f}", f"{r['fp16_ms'][b] / r['float_ms'][b]:.2f}x"]
         lines.append(cells)
     if args.markdown:
         print("| " + " | ".join(cols) + " |")
