@@ -71,6 +71,37 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
 
 
+def user_code_options() -> list:
+    """--import / --plugin / --trust-code: user code loaded before the source is read (eager
+    callbacks, so every command taking source options honours them)."""
+
+    def _imports(ctx, param, values):
+        from portanet.converters.plugins import import_modules
+
+        import_modules(values)
+
+    def _plugins(ctx, param, values):
+        from portanet.converters.plugins import load_plugins
+
+        load_plugins(values)
+
+    def _trust(ctx, param, value):
+        if value:
+            from portanet.converters.plugins import trust_code
+
+            trust_code()
+
+    return [
+        click.option("--import", "imports", multiple=True, metavar="MODULE", expose_value=False, callback=_imports,
+                     help="Import MODULE first (repeatable): registers the user's Keras classes or layer plugins."),
+        click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", expose_value=False, callback=_plugins,
+                     type=click.Path(path_type=Path),
+                     help="Load layer handlers registered with @portanet.register_layer (repeatable)."),
+        click.option("--trust-code", is_flag=True, expose_value=False, callback=_trust,
+                     help="Keras: deserialize Lambda layers (runs Python code stored in the model file)."),
+    ]
+
+
 def source_options(fn):
     """The conversion options shared by `convert` and `verify` (they read the source the same way)."""
     options = [
@@ -86,6 +117,7 @@ def source_options(fn):
         click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!)."),
         click.option("--nchw", is_flag=True,
                      help="Keras/TF: NCHW inputs and outputs instead of the Keras NHWC interface."),
+        *user_code_options(),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -303,7 +335,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
               help="An input array (repeatable). Random inputs of the declared shapes by default.")
-@click.option("--backend", default="ort", show_default=True, help="ort or torch.")
+@click.option("--backend", "--backends", "backend", default="ort", show_default=True, metavar="NAME[,NAME...]",
+              help="ort, torch, openvino, opencv or tract; several (comma-separated) run side by side.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
@@ -317,6 +350,7 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
       portanet run net.onnx                                   (random inputs)
       portanet run net.onnx --input data=x.npy -o out.npz
       portanet run net.onnx --backend torch --batch 8
+      portanet run net.onnx --backends ort,openvino,opencv,tract
     """
     from rich.table import Table
 
@@ -324,7 +358,9 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
     from portanet.parity.inputs import load_array
     from portanet.runtime.session import Session
 
-    session = Session(load_onnx(model_path, upgrade=False), backend=backend, device=device)
+    names = [b.strip() for b in backend.split(",") if b.strip()] or ["ort"]
+    model = load_onnx(model_path, upgrade=False)
+    session = Session(model, backend=names[0], device=device)
     feeds = session.random_feeds(batch=batch, seed=seed)
     for spec in inputs:
         name, sep, file = spec.partition("=")
@@ -335,14 +371,22 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
             name, file = session.inputs[0].name, spec
         feeds[name] = load_array(Path(file))
     outputs = session.run(feeds)
-    table = Table(title=f"{model_path.name} on {backend}/{device}")
-    for col in ("output", "shape", "dtype", "min", "max", "mean", "std"):
-        table.add_column(col, justify="right" if col in ("min", "max", "mean", "std") else "left")
-    for name, arr in outputs.items():
-        a = np.asarray(arr)
-        stats = [f"{float(f(a)):.6g}" for f in (np.min, np.max, np.mean, np.std)] if a.size and a.dtype.kind in "fiu" else ["-"] * 4
-        table.add_row(name, str(list(a.shape)), str(a.dtype), *stats)
-    console().print(table)
+    # further backends run the same feeds; their table adds the max |difference| to the first's
+    runs = [(names[0], outputs)] + [(b, Session(model, backend=b, device=device).run(feeds)) for b in names[1:]]
+    for be, outs in runs:
+        table = Table(title=f"{model_path.name} on {be}/{device}")
+        cols = ["output", "shape", "dtype", "min", "max", "mean", "std"] + ([f"max |diff| vs {names[0]}"] if be != names[0] else [])
+        for col in cols:
+            table.add_column(col, justify="left" if col in ("output", "shape", "dtype") else "right")
+        for name, arr in outs.items():
+            a = np.asarray(arr)
+            stats = [f"{float(f(a)):.6g}" for f in (np.min, np.max, np.mean, np.std)] if a.size and a.dtype.kind in "fiu" else ["-"] * 4
+            if be != names[0]:
+                ref = np.asarray(outputs[name])
+                same = ref.shape == a.shape and a.size and a.dtype.kind in "fiu"
+                stats.append(f"{float(np.max(np.abs(a.astype(np.float64) - ref))):.3g}" if same else "shape differs")
+            table.add_row(name, str(list(a.shape)), str(a.dtype), *stats)
+        console().print(table)
     if output is not None:
         import io
 
@@ -535,7 +579,7 @@ def _print_quantize(report: Any, output: Path) -> None:
               help="An already converted model to check (default: convert SOURCES now).")
 @click.option("--framework", "-f", help="Source format; detected by default.")
 @click.option("--backends", default=None, metavar="ort,torch",
-              help="Backends to compare (default: ort and torch, where they can run the model).")
+              help="Backends to compare: ort, torch, openvino, opencv, tract (default: ort and torch, where they can run the model).")
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
 @click.option("--data", type=click.Path(path_type=Path), help="A dataset (IDX folder or .npz): its first test samples.")
 @click.option("--shapes", metavar="1x3x224x224,4x3x224x224",
@@ -627,7 +671,9 @@ def _print_verify(report) -> None:
         s = r.stats
         table.add_row(r.backend, r.inputs, r.output, f"{s.max_abs:.3g}", f"{s.max_rel:.3g}", f"{s.cosine:.6f}",
                       "-" if s.top1 is None else f"{s.top1:.0%}",
-                      f"[green]pass[/green] {s.problem}".strip() if s.passed else f"[red]FAIL[/red] {s.problem}".strip())
+                      f"[green]pass[/green] {s.problem}".strip() if s.passed
+                      else "[yellow]f32 rounding[/yellow]" if report.arbitrated
+                      else f"[red]FAIL[/red] {s.problem}".strip())
     con.print(table)
     for b, why in report.skipped_backends.items():
         con.print(f"[yellow]skipped backend {b}[/yellow]: {why}")
@@ -868,7 +914,7 @@ def _print_train_summary(result: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--backends", default="ort,torch", show_default=True,
-              help="Comma list of ort, torch, source (source = the original framework; needs --source; "
+              help="Comma list of ort, torch, openvino, opencv, tract, source (source = the original framework; needs --source; "
                    "for Caffe and MXNet sources the time includes loading the model in OpenCV/mxnet).")
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma list of batch sizes.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

@@ -88,12 +88,52 @@ def node_of(layer: Any, outputs: list) -> Any:
     raise ConversionError("cannot find the layer's graph node")
 
 
-def call_masks(node: Any) -> dict[str, Any]:
-    """The mask arguments (``mask``, ``query_mask`` ...) Keras passed to the node's call."""
+def _explicit_masks(node: Any) -> dict[str, Any]:
     out = {}
     for k, v in node.arguments.kwargs.items():
         if k.endswith("mask") and k != "use_causal_mask" and any(_is_keras_tensor(t) for t in _flat(v)):
             out[k] = v
+    return out
+
+
+def _has_mask(value: Any) -> bool:
+    return any(keras_mask(t) is not None for t in _flat(value))
+
+
+def _masks_of(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_masks_of(v) for v in value]
+    return keras_mask(value)
+
+
+def call_masks(node: Any) -> dict[str, Any]:
+    """The mask arguments (``mask``, ``query_mask`` ...) the layer's call receives: the ones
+    given explicitly, else Keras' own rule (``Layer.__call__``): with one tensor argument,
+    ``mask`` = the masks of that argument (a list for a list); with several, ``<arg>_mask``
+    for each argument whose name has such a parameter."""
+    import inspect
+
+    out = _explicit_masks(node)
+    layer = node.operation
+    try:
+        params = inspect.signature(layer.call).parameters
+        bound = inspect.signature(layer.call).bind_partial(*node.arguments.args, **node.arguments.kwargs)
+    except (TypeError, ValueError):
+        return out
+    tensor_args = {}
+    for name, value in bound.arguments.items():
+        flat = list(_flat(value))
+        if flat and all(_is_keras_tensor(t) for t in flat):
+            tensor_args[name] = value
+    if len(tensor_args) == 1:
+        value = next(iter(tensor_args.values()))
+        if "mask" in params and "mask" not in out and _has_mask(value):
+            out["mask"] = _masks_of(value)
+    else:
+        for name, value in tensor_args.items():
+            key = f"{name}_mask"
+            if key in params and key not in out and _has_mask(value):
+                out[key] = _masks_of(value)
     return out
 
 

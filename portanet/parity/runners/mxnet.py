@@ -49,6 +49,10 @@ for k, v in saved.items():
     else:
         arg_params[k] = v
 feeds = dict(np.load(req["feeds"]))
+if req.get("float64"):  # arbitration: the same network in exact(er) arithmetic
+    arg_params = {k: v.astype("float64") for k, v in arg_params.items()}
+    aux_params = {k: v.astype("float64") for k, v in aux_params.items()}
+    feeds = {k: v.astype("float64") if v.dtype.kind == "f" else v for k, v in feeds.items()}
 internals = sym.get_internals()
 names = internals.list_outputs()
 outputs = list(sym.list_outputs())
@@ -68,7 +72,7 @@ for name, shape in zip(group.list_arguments(), arg_shapes):
     elif name in arg_params:
         args[name] = arg_params[name]
     else:  # labels of training heads
-        args[name] = mx.nd.zeros(shape)
+        args[name] = mx.nd.zeros(shape, dtype="float64" if req.get("float64") else "float32")
 aux = {name: aux_params[name] for name in group.list_auxiliary_states()}
 exe = group.bind(mx.cpu(), args, aux_states=aux, grad_req="null")
 res = exe.forward(is_train=False)
@@ -134,7 +138,8 @@ def run_reference(
         np.savez(buf, **{k: np.asarray(v) for k, v in feeds.items()})
         (t / "feeds.npz").write_bytes(buf.getvalue())
         req = {"symbol": str(symbol.resolve()), "params": str(params.resolve()), "feeds": str(t / "feeds.npz"),
-               "layers": list(layers or []), "out": str(t / "out.npz")}
+               "layers": list(layers or []), "out": str(t / "out.npz"),
+               "float64": bool(options.get("float64")) if isinstance(options, Mapping) else False}
         (t / "request.json").write_text(json.dumps(req))
         (t / "run.py").write_text(_SCRIPT)
         env = dict(os.environ, MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")

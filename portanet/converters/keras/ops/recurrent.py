@@ -252,7 +252,7 @@ def _call_parts(layer: Any, outputs: list) -> tuple[Any, list | None, Any]:
     init = args[1] if len(args) > 1 else kwargs.get("initial_state")
     if init is not None and not isinstance(init, list | tuple):
         init = [init]
-    mask = kwargs.get("mask")
+    mask = masking.call_masks(node).get("mask")
     if isinstance(mask, list | tuple):
         mask = mask[0] if mask else None
     return seq, (list(init) if init is not None else None), mask

@@ -48,7 +48,7 @@ def _embedding_mask(ctx: KerasContext, layer: Any, node: Any) -> list[ir.Value |
 
 
 def _input_masks(ctx: KerasContext, node: Any) -> list[ir.Value | None]:
-    masks = masking.call_masks(node).get("mask") or node.arguments.kwargs.get("mask")
+    masks = masking.call_masks(node).get("mask")
     if masks is None:
         masks = [masking.keras_mask(t) for t in node.input_tensors]
     masks = masks if isinstance(masks, list | tuple) else [masks]
@@ -88,4 +88,58 @@ def _concatenate_mask(ctx: KerasContext, layer: Any, node: Any) -> list[ir.Value
                           "is not supported")
 
 
-masking.consumes_masks("GlobalAveragePooling1D", "BatchNormalization")
+masking.consumes_masks("GlobalAveragePooling1D", "BatchNormalization", "TimeDistributed")
+
+
+def masked_average_1d(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> bool:
+    """GlobalAveragePooling1D over a masked sequence (True if it was masked and is handled):
+    Keras averages the valid steps only, ``sum(where(mask, x, 0)) / sum(mask)``."""
+    mask_t = masking.call_masks(ctx.node).get("mask") if ctx.node is not None else None
+    if isinstance(mask_t, list | tuple):
+        mask_t = mask_t[0] if mask_t else None
+    if mask_t is None:
+        return False
+    # in the Keras order: (N, T, F) channels_last, (N, F, T) channels_first
+    last = layer.data_format == "channels_last"
+    steps = 1 if last else 2
+    x = ctx.get(inputs[0])
+    m = ctx.op("Unsqueeze", [ctx.get(mask_t), ctx.ints([2 if last else 1])])
+    x = ctx.op("Where", [m, x, ctx.const(0.0)])
+    keep = int(bool(layer.keepdims))
+    total = ctx.op("ReduceSum", [x, ctx.ints([steps])], {"keepdims": keep})
+    count = ctx.op("ReduceSum", [ctx.op("Cast", [m], {"to": ir.DataType.FLOAT}), ctx.ints([steps])],
+                   {"keepdims": keep})
+    ctx.set(outputs[0], ctx.op("Div", [total, count]))
+    return True
+
+
+def _flatten_time(ctx: KerasContext, x: ir.Value) -> ir.Value:
+    """(N, T, *rest) -> (N*T, *rest)."""
+    rest = ctx.op("Shape", [x], {"start": 2})
+    return ctx.op("Reshape", [x, ctx.op("Concat", [ctx.ints([-1]), rest], {"axis": 0})])
+
+
+@HANDLERS.register("TimeDistributed")
+def time_distributed(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
+    import keras
+
+    inner = layer.layer
+    kind = type(inner).__name__
+    if masking.call_masks(ctx.node).get("mask") is not None and getattr(inner, "_call_has_mask_arg", False):
+        raise ConversionError(f"a masked input to a wrapped {kind} (which takes the mask) is not supported")
+    if kind not in HANDLERS:
+        raise ConversionError(f"the wrapped layer type {kind} is not supported")
+    x_t = inputs[0]
+    # the wrapped layer sees (N*T, *rest): symbolic stand-ins for its input and output
+    inner_in = keras.KerasTensor((None, *x_t.shape[2:]), dtype=x_t.dtype)
+    inner_out = inner.compute_output_spec(inner_in)
+    if isinstance(inner_out, list | tuple):
+        raise ConversionError(f"expected one output from the wrapped {kind}")
+    x = ctx.get(x_t)
+    ctx.set(inner_in, _flatten_time(ctx, x))
+    with ctx.b.layer(f"{layer.name}/{inner.name}", kind):
+        HANDLERS.call(kind, inner.name, ctx, inner, [inner_in], [inner_out])
+    y = ctx.get(inner_out)  # Keras order (N*T, *out)
+    nt = ctx.op("Shape", [x], {"start": 0, "end": 2})
+    rest = ctx.op("Shape", [y], {"start": 1})
+    ctx.set(outputs[0], ctx.op("Reshape", [y, ctx.op("Concat", [nt, rest], {"axis": 0})]))
