@@ -188,18 +188,26 @@ def rnn(n: NodeCtx) -> list[ir.Value] | ir.Value:
         c0 = n.op("Slice", [cell, *sl]) if cell is not None else None
         inputs = [y, per_dir(ws), per_dir(rs), per_dir(bs), lens, h0] + ([c0] if lstm else [])
         outs = n.op(onnx_op, inputs, attrs, outputs=3 if lstm else 2)
-        # Y (T, D, N, H) -> (T, N, D*H), the next layer's input and MXNet's output layout
-        yt = n.op("Transpose", [outs[0]], {"perm": [0, 2, 1, 3]})
-        y = n.op("Reshape", [yt, n.ints([0, 0, -1])])
         hs.append(outs[1])
         if lstm:
             cs.append(outs[2])
-    if not a.bool("state_outputs", False):
-        return y
-    results = [y, hs[0] if layers == 1 else n.op("Concat", hs, {"axis": 0})]
-    if lstm:
-        results.append(cs[0] if layers == 1 else n.op("Concat", cs, {"axis": 0}))
-    return results
+        y = outs[0]
+        if layer < layers - 1:
+            y = _merge_directions(n, y)
+    states = []
+    if a.bool("state_outputs", False):
+        states.append(hs[0] if layers == 1 else n.op("Concat", hs, {"axis": 0}))
+        if lstm:
+            states.append(cs[0] if layers == 1 else n.op("Concat", cs, {"axis": 0}))
+    # the layer's main output comes last, so that its value is the layer's value for bisection
+    y = _merge_directions(n, y)
+    return [y, *states] if states else y
+
+
+def _merge_directions(n: NodeCtx, y: ir.Value) -> ir.Value:
+    """ONNX Y (T, D, N, H) -> MXNet's (T, N, D*H) (also the next layer's input)."""
+    yt = n.op("Transpose", [y], {"perm": [0, 2, 1, 3]})
+    return n.op("Reshape", [yt, n.ints([0, 0, -1])])
 
 
 def _input_size(n: NodeCtx, x: ir.Value, flat: ir.Value, gates: int, hidden: int, layers: int, dirs: int) -> int:
