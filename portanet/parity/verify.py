@@ -209,6 +209,9 @@ def verify_model(
         tools=tool_versions(fw, chosen),
         skipped_backends=skipped,
     )
+    describe = getattr(runner, "describe", None)  # which implementation serves as the reference
+    if describe is not None:
+        report.tools["reference"] = describe(ref_sources, options)
     first_failure: tuple[str, FeedSet] | None = None
     failed_cases: list[FailedCase] = []
     ref_values: dict[str, list[np.ndarray]] = {name: [] for name in output_names}

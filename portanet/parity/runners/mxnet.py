@@ -4,7 +4,8 @@ mxnet 1.9.1 needs numpy<1.24, so it lives in ``.venv-mxnet`` (``make mxnet-env``
 python is ``$PORTANET_MXNET_PYTHON`` or ``<repo>/.venv-mxnet/bin/python``. The subprocess
 runs with ``MXNET_MKLDNN_ENABLED=0``: the oneDNN kernels of the pip wheel disagree with
 MXNet's reference kernels on some ops (SoftmaxOutput on 4-D input, Deconvolution with
-``target_shape``).
+``target_shape``). Symbols with the fused ``RNN`` op run with oneDNN on: mxnet 1.9.1 has
+no RNN kernel without it.
 
 Output names follow the importer: graph outputs are ``sym.list_outputs()`` names, and a
 requested layer ``name`` returns ``sym.get_internals()[name + '_output']`` (or the first of
@@ -121,6 +122,14 @@ def _resolve(sources: Sequence[Any], options: Any) -> tuple[Path, Path]:
     return symbols[0], param
 
 
+def _has_rnn(symbol: Path) -> bool:
+    try:
+        nodes = json.loads(symbol.read_text()).get("nodes", [])
+    except (OSError, ValueError):
+        return False
+    return any(isinstance(n, dict) and n.get("op") == "RNN" for n in nodes)
+
+
 def run_reference(
     sources: Sequence[Any],
     feeds: Mapping[str, np.ndarray],
@@ -142,7 +151,9 @@ def run_reference(
                "float64": bool(options.get("float64")) if isinstance(options, Mapping) else False}
         (t / "request.json").write_text(json.dumps(req))
         (t / "run.py").write_text(_SCRIPT)
-        env = dict(os.environ, MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+        # the fused RNN op exists only with oneDNN in mxnet 1.9.1 (it fails inside mxnet without)
+        onednn = "1" if _has_rnn(symbol) else "0"
+        env = dict(os.environ, MXNET_MKLDNN_ENABLED=onednn, MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
         proc = subprocess.run([str(py), str(t / "run.py"), str(t / "request.json")], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:

@@ -213,3 +213,57 @@ def test_unsupported_recurrent_activation_names_it() -> None:
     model = on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", name="hs_lstm"))()
     with pytest.raises(ConversionError, match="hs_lstm.*recurrent_activation 'hard_sigmoid' is not supported"):
         portanet.convert(model)
+
+
+def _bisect_model():
+    keras.utils.set_random_seed(2)
+    x = keras.Input((7, F), name="x")
+    y = L.Bidirectional(L.LSTM(H, return_sequences=True), name="bi")(L.Masking(0.0, name="mask")(x))
+    y = L.GRU(H, return_sequences=True, name="gru")(y)
+    return keras.Model(x, L.SimpleRNN(3, name="rnn")(y))
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_bisect_names_a_broken_recurrent_layer(nchw: bool) -> None:
+    """verify --bisect compares the time-major intermediate outputs against Keras' and names
+    the first layer whose weights were tampered with."""
+    import onnx_ir as ir
+
+    import portanet
+
+    model = _bisect_model()
+    report = portanet.verify(model, bisect=True, nchw=nchw, backends=["ort"])
+    assert report.passed and report.bisect.layer is None and report.bisect.compared >= 3
+    broken = portanet.convert(model, nchw=nchw)
+    r = next(v for v in broken.graph.initializers.values() if v.name == "gru/R")
+    r.const_value = ir.tensor(r.const_value.numpy() * 1.5)
+    report = portanet.verify(model, onnx=broken, bisect=True, nchw=nchw, backends=["ort"])
+    assert not report.passed
+    assert report.bisect.layer == "gru"
+
+
+def test_cli_refuses_every_unsupported_recurrent_variant_in_one_line(tmp_path) -> None:
+    """A .keras file with a stateful LSTM, a ConvLSTM2D and a masked Softmax: exit 2, one
+    line listing all three, no output file."""
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    keras.utils.set_random_seed(1)
+    ids = keras.Input(batch_shape=(2, 6), dtype="int32", name="ids")
+    e = L.Embedding(9, F, mask_zero=True)(ids)
+    a = L.LSTM(H, stateful=True, return_sequences=True, name="stateful_lstm")(e)
+    b = L.Softmax(name="masked_softmax")(a)
+    frames = keras.Input(batch_shape=(2, 3, 4, 4, 2), name="frames")
+    c = L.ConvLSTM2D(2, 3, name="conv_lstm")(frames)
+    src = tmp_path / "variants.keras"
+    keras.Model([ids, frames], [b, c]).save(src)
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    for part in ("LSTM (stateful=True) x1 (stateful_lstm)", "ConvLSTM2D x1 (conv_lstm)",
+                 "Softmax (with a mask from Embedding(mask_zero=True)/Masking) x1 (masked_softmax)"):
+        assert part in lines[0]
+    assert not out.exists()
