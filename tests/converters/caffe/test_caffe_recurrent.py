@@ -16,7 +16,7 @@ import pytest
 from portanet.converters.registry import ConvertOptions, convert_paths
 from portanet.runtime.session import Session
 
-T, N, I, H, S = 6, 3, 4, 5, 2
+T, N, F, H, S = 6, 3, 4, 5, 2  # steps, batch, features, hidden units, static features
 
 
 def _sig(x):
@@ -87,7 +87,7 @@ def test_matches_caffe_semantics(caffe, case) -> None:
              f'recurrent_param {{ num_output: {H} {"expose_hidden: true" if expose else ""} }} }}\n')
     proto = caffe.folder / "rec.prototxt"
     proto.write_text(caffe.net_text(layer, inputs=inputs))
-    blobs = [rng.uniform(-0.5, 0.5, (g, I)), rng.uniform(-0.5, 0.5, (g,))]
+    blobs = [rng.uniform(-0.5, 0.5, (g, F)), rng.uniform(-0.5, 0.5, (g,))]
     if static:
         blobs.append(rng.uniform(-0.5, 0.5, (g, S)))
     blobs.append(rng.uniform(-0.5, 0.5, (g, H)))
@@ -125,9 +125,9 @@ def test_matches_caffe_semantics(caffe, case) -> None:
 def test_lstm_weights_are_trainable_and_named_by_layer(caffe) -> None:
     layer = f'layer {{ name: "lstm1" type: "LSTM" bottom: "x" bottom: "cont" top: "y" recurrent_param {{ num_output: {H} }} }}\n'
     proto = caffe.folder / "l.prototxt"
-    proto.write_text(caffe.net_text(layer, inputs={"x": (T, N, I), "cont": (T, N)}))
+    proto.write_text(caffe.net_text(layer, inputs={"x": (T, N, F), "cont": (T, N)}))
     rng = np.random.default_rng(0)
-    weights = caffe.write_weights("l.caffemodel", {"lstm1": [rng.standard_normal((4 * H, I)), np.zeros(4 * H),
+    weights = caffe.write_weights("l.caffemodel", {"lstm1": [rng.standard_normal((4 * H, F)), np.zeros(4 * H),
                                                              rng.standard_normal((4 * H, H))]})
     model = convert_paths([proto, weights], ConvertOptions())
     assert {"lstm1_W_x", "lstm1_b", "lstm1_W_h"} <= set(model.graph.initializers)
@@ -142,7 +142,7 @@ def test_wrong_blob_count_is_one_error(caffe) -> None:
 
     layer = 'layer { name: "r" type: "RNN" bottom: "x" bottom: "cont" top: "y" recurrent_param { num_output: 5 } }\n'
     proto = caffe.folder / "r.prototxt"
-    proto.write_text(caffe.net_text(layer, inputs={"x": (T, N, I), "cont": (T, N)}))
-    weights = caffe.write_weights("r.caffemodel", {"r": [np.zeros((5, I)), np.zeros(5), np.zeros((5, 5))]})
+    proto.write_text(caffe.net_text(layer, inputs={"x": (T, N, F), "cont": (T, N)}))
+    weights = caffe.write_weights("r.caffemodel", {"r": [np.zeros((5, F)), np.zeros(5), np.zeros((5, 5))]})
     with pytest.raises(ConversionError, match="expected 5 blob"):
         convert_paths([proto, weights], ConvertOptions())
