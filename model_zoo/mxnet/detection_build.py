@@ -134,11 +134,26 @@ def nms_cases(rng):
         {"data": center}
 
 
+def multibox_cases(rng):
+    cls, loc, anc = S.var("cls_prob"), S.var("loc_pred"), S.var("anchor")
+    n_anchor, n_cls = 60, 4
+    anchors = _boxes(rng, (1, n_anchor, 4)) * 0.8
+    logits = rng.standard_normal((2, n_cls, n_anchor)) * 2
+    prob = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    feeds = {"cls_prob": prob, "loc_pred": rng.standard_normal((2, n_anchor * 4)).astype(np.float32),
+             "anchor": anchors}
+    yield "multibox_detection", S.contrib.MultiBoxDetection(cls, loc, anc, threshold=0.3, nms_threshold=0.45,
+                                                            name="det"), feeds
+    yield "multibox_detection_force_topk", S.contrib.MultiBoxDetection(
+        cls, loc, anc, threshold=0.25, nms_threshold=0.3, force_suppress=True, nms_topk=15, clip=False,
+        variances=(0.2, 0.2, 0.1, 0.1), name="det"), feeds
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2024)
     manifest = []
-    for name, sym, feeds in [*cases(rng), *nms_cases(rng)]:
+    for name, sym, feeds in [*cases(rng), *nms_cases(rng), *multibox_cases(rng)]:
         prefix = str(out / name)
         mx.model.save_checkpoint(prefix, 0, sym, {}, {})
         sym = mx.sym.load(prefix + "-symbol.json")
