@@ -307,3 +307,35 @@ def test_cli_refuses_every_unsupported_recurrent_variant_in_one_line(tmp_path) -
                  "Softmax (with a mask from Embedding(mask_zero=True)/Masking) x1 (masked_softmax)"):
         assert part in lines[0]
     assert not out.exists()
+
+
+def _composite():
+    """Masks through Bidirectional, Concatenate, MultiHeadAttention, GRU and Attention."""
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    e = L.Embedding(9, 6, mask_zero=True)(ids)
+    a = L.Bidirectional(L.LSTM(5, return_sequences=True))(e)
+    a = L.Concatenate()([L.LayerNormalization(rms_scaling=True)(a), e])
+    a = L.MultiHeadAttention(2, 3)(a, a, use_causal_mask=True)
+    a = L.GRU(4, return_sequences=True, reset_after=False)(a)
+    return keras.Model(ids, L.GlobalAveragePooling1D()(L.Attention()([a, a])))
+
+
+def test_saved_file_converts_on_the_command_line(tmp_path) -> None:
+    """A saved model holds its mask computations as graph nodes; ``portanet convert`` reads it
+    in a fresh process (Keras on its light backend there) and matches TensorFlow Keras."""
+    import subprocess
+    import sys
+
+    import portanet
+    from portanet.runtime.session import Session
+    from tests.converters.keras.sequence_parity import check_model
+
+    src, out = tmp_path / "composite.keras", tmp_path / "composite.onnx"
+    model = _composite()
+    model.save(src)
+    done = subprocess.run([sys.executable, "-m", "portanet.cli", "convert", str(src), "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Session(str(out)).inputs[0].name == "ids"
+    check_model(portanet.load(str(out)), keras.saving.load_model(src), token_ids(), False, "ort")
