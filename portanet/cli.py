@@ -174,7 +174,7 @@ def convert(sources: tuple[Path, ...], output: Path, framework: str | None, opse
     if not do_verify and srcs and all(Path(p).suffix.lower() in (".keras", ".h5", ".hdf5") for p in srcs):
         from portanet.converters.keras.importer import use_light_backend
 
-        use_light_backend()  # a Keras file converts without importing TensorFlow
+        use_light_backend(srcs)  # a Keras file converts without importing TensorFlow
     if opset is not None and not 13 <= opset <= 21:
         raise InvalidInputError(f"--opset {opset} is outside the supported range 13-21")
     with console().status("converting ..."):

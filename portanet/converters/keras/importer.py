@@ -42,7 +42,7 @@ def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def use_light_backend() -> bool:
+def use_light_backend(paths: Sequence[Path] = ()) -> bool:
     """Let Keras run on its torch backend instead of TensorFlow, if that is still possible.
 
     Converting a file needs Keras only to deserialize the model and read its weights (and to
@@ -56,6 +56,14 @@ def use_light_backend() -> bool:
 
     if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or importlib.util.find_spec("torch") is None:
         return False
+    for p in paths:
+        # Lambda layers are rebuilt by running their code, which may use TensorFlow: keep it
+        try:
+            config = _read_config(Path(p))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the conversion itself
+            return False
+        if config is not None and _lambda_layers(config):
+            return False
     os.environ["KERAS_BACKEND"] = "torch"
     return True
 

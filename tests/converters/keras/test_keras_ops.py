@@ -225,3 +225,22 @@ def test_raw_ops_model_from_keras_file(tmp_path) -> None:
     model.save(path)
     xs = random_inputs(model)
     assert_parity(portanet.convert(str(path)), model, xs, nchw=False)
+
+
+def test_unsupported_raw_op_cli_one_line(tmp_path) -> None:
+    """A raw op without an ONNX handler: exit 2, one line naming the op and the node, no output."""
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((5,), name="x")
+    model = keras.Model(i, K.sort(L.Dense(3, name="fc")(i)))
+    path = tmp_path / "sorted.keras"
+    model.save(path)
+    out = tmp_path / "sorted.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(path), "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "ops.Sort x1 (sort)" in lines[0] and str(path) in lines[0], lines
+    assert not out.exists()
