@@ -316,7 +316,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
     con.print(ops)
     p = info["parameters"]
     con.print(f"parameters: {p['trainable']:,} trainable in {p['tensors']} tensors, "
-              f"{p['buffers']:,} buffer values, {p['bytes']:,} bytes of initializers")
+              f"{p['buffers']:,} buffer values, " + (f"{p['frozen']:,} frozen in {p['frozen_tensors']} tensors, "
+              if p.get("frozen") else "") + f"{p['bytes']:,} bytes of initializers")
     prov = info["provenance"]
     con.print(f"provenance: {prov['nodes_with_provenance']}/{prov['nodes']} nodes from "
               f"{prov['source_layers']} source layers")

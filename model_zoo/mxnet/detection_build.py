@@ -108,11 +108,52 @@ def cases(rng):
         {"data": rng.standard_normal((1, 3, 4, 8)).astype(np.float32)}
 
 
+def nms_cases(rng):
+    d = S.var("data")
+
+    def rows(shape, ids=True):
+        n = shape[-2]
+        boxes = _boxes(rng, shape[:-1] + (4,))
+        boxes = boxes * 10  # pixel-like coordinates
+        score = rng.permutation(np.prod(shape[:-1])).reshape(shape[:-1] + (1,)) / np.prod(shape[:-1])
+        cols = [rng.choice([0, 1, 2, -1], shape[:-1] + (1,)).astype(np.float32)] if ids else []
+        extra = [rng.standard_normal(shape[:-1] + (shape[-1] - 5 - len(cols),))] if shape[-1] > 5 + len(cols) else []
+        del n
+        return np.concatenate([*cols, score, boxes, *extra], -1).astype(np.float32)
+
+    yield "box_nms_per_class", S.contrib.box_nms(d, overlap_thresh=0.3, valid_thresh=0.1, topk=20, coord_start=2,
+                                                 score_index=1, id_index=0, name="nms"), {"data": rows((2, 40, 6))}
+    yield "box_nms_force_background", S.contrib.box_nms(d, overlap_thresh=0.4, valid_thresh=0.05, coord_start=2,
+                                                        score_index=1, id_index=0, background_id=0,
+                                                        force_suppress=True, name="nms"), {"data": rows((2, 40, 6))}
+    center = rows((2, 3, 15, 5), ids=False)
+    center[..., 3:5] -= center[..., 1:3]  # (x, y, w, h) -> centre format below
+    center[..., 1:3] += center[..., 3:5] / 2
+    yield "box_nms_center_batch", S.contrib.box_nms(d, overlap_thresh=0.5, coord_start=1, score_index=0,
+                                                    in_format="center", out_format="corner", name="nms"), \
+        {"data": center}
+
+
+def multibox_cases(rng):
+    cls, loc, anc = S.var("cls_prob"), S.var("loc_pred"), S.var("anchor")
+    n_anchor, n_cls = 60, 4
+    anchors = _boxes(rng, (1, n_anchor, 4)) * 0.8
+    logits = rng.standard_normal((2, n_cls, n_anchor)) * 2
+    prob = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    feeds = {"cls_prob": prob, "loc_pred": rng.standard_normal((2, n_anchor * 4)).astype(np.float32),
+             "anchor": anchors}
+    yield "multibox_detection", S.contrib.MultiBoxDetection(cls, loc, anc, threshold=0.3, nms_threshold=0.45,
+                                                            name="det"), feeds
+    yield "multibox_detection_force_topk", S.contrib.MultiBoxDetection(
+        cls, loc, anc, threshold=0.25, nms_threshold=0.3, force_suppress=True, nms_topk=15, clip=False,
+        variances=(0.2, 0.2, 0.1, 0.1), name="det"), feeds
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2024)
     manifest = []
-    for name, sym, feeds in cases(rng):
+    for name, sym, feeds in [*cases(rng), *nms_cases(rng), *multibox_cases(rng)]:
         prefix = str(out / name)
         mx.model.save_checkpoint(prefix, 0, sym, {}, {})
         sym = mx.sym.load(prefix + "-symbol.json")

@@ -1,10 +1,12 @@
 """Detection ops (contrib) and the generic tensor ops detector post-processing uses:
-round/rint/fix,
-_contrib_box_decode, _contrib_ROIAlign, ROIPooling, _contrib_BilinearResize2D,
-_contrib_AdaptiveAvgPooling2D, _contrib_MultiBoxPrior; _arange, where, comparison ops with a
-scalar or broadcast (float 0/1 results, as MXNet), broadcast_mod (Python-style modulo, 0 for a
-zero divisor), slice_like, repeat, tile, topk, gather_nd, broadcast_axis, broadcast_like,
-shape_array, reverse.
+_contrib_box_nms, _contrib_box_decode, _contrib_ROIAlign, ROIPooling, _contrib_BilinearResize2D,
+_contrib_AdaptiveAvgPooling2D, _contrib_MultiBoxPrior, _contrib_MultiBoxDetection; _arange,
+where, comparison ops with a scalar or broadcast (float 0/1 results, as MXNet), broadcast_mod
+(Python-style modulo, 0 for a zero divisor), slice_like, repeat, tile, topk, gather_nd,
+broadcast_axis, broadcast_like, shape_array, reverse, round/rint/fix.
+
+The NMS-based ops rank their candidates first (TopK, ties to the lower index) and give
+``NonMaxSuppression`` rank scores, so its visiting order is exactly MXNet's sorted order.
 """
 
 from __future__ import annotations
@@ -406,3 +408,190 @@ def multibox_prior(n: NodeCtx) -> ir.Value:
     if n.attrs.bool("clip", False):
         anchors = np.clip(anchors, 0.0, 1.0)
     return n.const(anchors)
+
+
+@HANDLERS.register("_contrib_box_nms", "_contrib_box_non_maximum_suppression")
+def box_nms(n: NodeCtx) -> list[ir.Value]:
+    """Rows (..., N, K) sorted by descending score (ties: lower index first); rows below
+    ``valid_thresh``, of ``background_id`` (-1 by default), past ``topk`` or suppressed (IoU > ``overlap_thresh``
+    with a kept row of the same id, or any id with ``force_suppress``) become -1 and follow the
+    kept ones. Lowered to ONNX NonMaxSuppression on rank scores (one class per id)."""
+    x = n.input(0)
+    dims = n.dims(x)
+    if dims is None or len(dims) < 2 or not isinstance(dims[-1], int):
+        raise ConversionError(f"expected (..., N, K) boxes with a static K, received {dims}")
+    k_width = dims[-1]
+    thr = n.attrs.float("overlap_thresh", 0.5)
+    valid_thr = n.attrs.float("valid_thresh", 0.0)
+    topk = n.attrs.int("topk", -1)
+    cs, si, ii = n.attrs.int("coord_start", 2), n.attrs.int("score_index", 1), n.attrs.int("id_index", -1)
+    bg = n.attrs.int("background_id", -1)
+    force = n.attrs.bool("force_suppress", False)
+    in_fmt, out_fmt = n.attrs.str("in_format", "corner"), n.attrs.str("out_format", "corner")
+    data = n.op("Reshape", [x, _shape_parts(n, x, [-1, (len(dims) - 2, len(dims))])])  # (B, N, K)
+
+    def col(i: int) -> ir.Value:  # (B, N)
+        return n.op("Squeeze", [n.op("Slice", [data, n.ints([i]), n.ints([i + 1]), n.ints([2])]), n.ints([2])])
+
+    score = col(si)
+    valid = n.op("Greater", [score, n.scalar(valid_thr, score)])
+    if ii >= 0:  # rows of the background id (default -1: GluonCV's padding rows) are never valid
+        valid = n.op("And", [valid, n.op("Not", [n.op("Equal", [col(ii), n.scalar(float(bg), score)])])])
+    neg_inf = n.scalar(-np.inf, score)
+    keyed = n.op("Where", [valid, score, neg_inf])
+    n_dim = n.op("Slice", [n.op("Shape", [data]), n.ints([1]), n.ints([2])])
+    sorted_s, order = n.op("TopK", [keyed, n_dim], {"axis": 1, "largest": 1, "sorted": 1}, outputs=2)  # (B, N)
+    rows = n.op("GatherElements", [data, n.op("Expand", [n.op("Unsqueeze", [order, n.ints([2])]),
+                                                         n.op("Shape", [data])])], {"axis": 1})  # sorted rows
+    ok = n.op("Greater", [sorted_s, neg_inf])
+    pos = n.op("Range", [n.const(np.asarray(0, np.int64)),
+                         n.op("Squeeze", [n_dim, n.ints([0])]), n.const(np.asarray(1, np.int64))])
+    if topk > 0:
+        ok = n.op("And", [ok, n.op("Less", [n.op("Unsqueeze", [pos, n.ints([0])]), n.ints([topk])])])
+    n_f = n.op("Cast", [n_dim], {"to": _FLOAT})
+    rank = n.op("Sub", [n_f, n.op("Cast", [pos], {"to": _FLOAT})])  # N, N-1, ..., 1
+    rank = n.op("Where", [ok, n.op("Unsqueeze", [rank, n.ints([0])]), n.const(np.asarray(0.0, np.float32))])
+    coords = n.op("Slice", [rows, n.ints([cs]), n.ints([cs + 4]), n.ints([2])])  # (B, N, 4)
+    if in_fmt == "center":
+        cxy = n.op("Slice", [coords, n.ints([0]), n.ints([2]), n.ints([2])])
+        half = n.op("Mul", [n.op("Slice", [coords, n.ints([2]), n.ints([4]), n.ints([2])]), n.scalar(0.5, score)])
+        coords = n.op("Concat", [n.op("Sub", [cxy, half]), n.op("Add", [cxy, half])], {"axis": 2})
+    # (y1, x1, y2, x2) vs (x1, y1, x2, y2) does not change IoU
+    coords = n.op("Cast", [coords], {"to": _FLOAT})
+    if ii >= 0 and not force:
+        ids = n.op("Squeeze", [n.op("Slice", [rows, n.ints([ii]), n.ints([ii + 1]), n.ints([2])]), n.ints([2])])
+        ids = n.op("Where", [ok, n.op("Cast", [ids], {"to": ir.DataType.INT64}), n.const(np.asarray(0, np.int64))])
+        depth = n.op("Add", [n.op("ReduceMax", [ids], {"keepdims": 0}), n.const(np.asarray(1, np.int64))])
+        onehot = n.op("OneHot", [ids, depth, n.const(np.asarray([0.0, 1.0], np.float32))], {"axis": 1})  # (B, C, N)
+        scores = n.op("Mul", [onehot, n.op("Unsqueeze", [rank, n.ints([1])])])
+    else:
+        scores = n.op("Unsqueeze", [rank, n.ints([1])])
+    sel = n.op("NonMaxSuppression", [coords, scores, n.op("Cast", [n_dim], {"to": ir.DataType.INT64}),
+                                     n.const(np.asarray([thr], np.float32)), n.const(np.asarray([0.5], np.float32))])
+    where = n.op("Gather", [sel, n.ints([0, 2])], {"axis": 1})
+    zeros = n.op("ConstantOfShape", [n.op("Shape", [sorted_s])], {"value": ir.tensor(np.zeros(1, np.float32))})
+    ones = n.op("ConstantOfShape", [n.op("Slice", [n.op("Shape", [sel]), n.ints([0]), n.ints([1])])],
+                {"value": ir.tensor(np.ones(1, np.float32))})
+    kept = n.op("ScatterND", [zeros, where, ones])  # (B, N) 1 = kept, in sorted order
+    # kept rows first (in score order), then the others as -1
+    key = n.op("Add", [n.op("Cast", [pos], {"to": _FLOAT}), n.op("Mul", [n.op("Sub", [n.scalar(1.0, kept), kept]), n_f])])
+    _, perm = n.op("TopK", [key, n_dim], {"axis": 1, "largest": 0, "sorted": 1}, outputs=2)
+    rows = n.op("GatherElements", [rows, n.op("Expand", [n.op("Unsqueeze", [perm, n.ints([2])]),
+                                                         n.op("Shape", [rows])])], {"axis": 1})
+    kept = n.op("GatherElements", [kept, perm], {"axis": 1})
+    if out_fmt != in_fmt:
+        c = n.op("Slice", [rows, n.ints([cs]), n.ints([cs + 4]), n.ints([2])])
+        a, b = (n.op("Slice", [c, n.ints([0]), n.ints([2]), n.ints([2])]),
+                n.op("Slice", [c, n.ints([2]), n.ints([4]), n.ints([2])]))
+        half = n.scalar(0.5, score)
+        if in_fmt == "corner":  # -> center
+            conv = n.op("Concat", [n.op("Mul", [n.op("Add", [a, b]), half]), n.op("Sub", [b, a])], {"axis": 2})
+        else:  # center -> corner
+            hw = n.op("Mul", [b, half])
+            conv = n.op("Concat", [n.op("Sub", [a, hw]), n.op("Add", [a, hw])], {"axis": 2})
+        parts = [p for p in (n.op("Slice", [rows, n.ints([0]), n.ints([cs]), n.ints([2])]) if cs > 0 else None, conv,
+                             n.op("Slice", [rows, n.ints([cs + 4]), n.ints([k_width]), n.ints([2])])
+                             if cs + 4 < k_width else None) if p is not None]
+        rows = n.op("Concat", parts, {"axis": 2}) if len(parts) > 1 else parts[0]
+    mask = n.op("Greater", [n.op("Unsqueeze", [kept, n.ints([2])]), n.scalar(0.5, score)])
+    out = n.op("Where", [mask, rows, n.scalar(-1.0, x)])
+    out = n.op("Reshape", [out, n.conv.shape_value(x)])
+    # MXNet's second (hidden) output holds the sorted indices: the boxes are 'output0'
+    return [out, n.op("Cast", [order], {"to": _FLOAT})]
+
+
+@HANDLERS.register("_contrib_MultiBoxDetection", "MultiBoxDetection")
+def multibox_detection(n: NodeCtx) -> ir.Value:
+    """Class probabilities (B, C, N), offsets (B, N*4) and anchors (1, N, 4) -> (B, N, 6) rows
+    [id, score, x1, y1, x2, y2]: per anchor the best non-background class (first maximum) if its
+    probability reaches ``threshold``, boxes decoded with the variances (and clipped), sorted
+    by descending score (only the first ``nms_topk`` are sorted into place; later valid rows
+    keep anchor order, as MXNet), NMS per id (or across ids with ``force_suppress``) over the
+    first ``nms_topk``; suppressed rows keep their values with id -1; the remaining rows are -1."""
+    prob, loc, anchors = n.input(0), n.input(1), n.input(2)
+    if n.attrs.int("background_id", 0) != 0:
+        raise ConversionError("background_id other than 0 is not supported")
+    clip = n.attrs.bool("clip", True)
+    thr = n.attrs.float("threshold", 0.01)
+    nms_thr = n.attrs.float("nms_threshold", 0.5)
+    force = n.attrs.bool("force_suppress", False)
+    var = [float(v) for v in np.atleast_1d(n.attrs.tuple("variances", (0.1, 0.1, 0.2, 0.2)))]
+    topk = n.attrs.int("nms_topk", -1)
+    n_cls = n.static_dims(prob, [1], "MultiBoxDetection")[0]
+    if n_cls < 2:
+        raise ConversionError("expected at least one class besides the background")
+    fg = n.op("Slice", [prob, n.ints([1]), n.ints([n_cls]), n.ints([1])])  # (B, C-1, N)
+    score = n.op("ReduceMax", [fg, n.ints([1])], {"keepdims": 0})  # (B, N)
+    cls = n.op("Cast", [n.op("ArgMax", [fg], {"axis": 1, "keepdims": 0})], {"to": _FLOAT})  # id - 1
+    valid = n.op("Not", [n.op("Less", [score, n.scalar(thr, score)])])
+    # decode (MXNet's TransformLocations): anchors are corners
+    a = n.op("Reshape", [anchors, n.ints([1, -1, 4])])
+    p = n.op("Reshape", [loc, n.ints([0, -1, 4])])
+
+    def c(v: ir.Value, i: int) -> ir.Value:
+        return n.op("Slice", [v, n.ints([i]), n.ints([i + 1]), n.ints([2])])
+
+    aw, ah = n.op("Sub", [c(a, 2), c(a, 0)]), n.op("Sub", [c(a, 3), c(a, 1)])
+    half = n.scalar(0.5, score)
+    ax = n.op("Mul", [n.op("Add", [c(a, 0), c(a, 2)]), half])
+    ay = n.op("Mul", [n.op("Add", [c(a, 1), c(a, 3)]), half])
+    ox = n.op("Add", [n.op("Mul", [n.op("Mul", [c(p, 0), n.scalar(var[0], score)]), aw]), ax])
+    oy = n.op("Add", [n.op("Mul", [n.op("Mul", [c(p, 1), n.scalar(var[1], score)]), ah]), ay])
+    ow = n.op("Mul", [n.op("Mul", [n.op("Exp", [n.op("Mul", [c(p, 2), n.scalar(var[2], score)])]), aw]), half])
+    oh = n.op("Mul", [n.op("Mul", [n.op("Exp", [n.op("Mul", [c(p, 3), n.scalar(var[3], score)])]), ah]), half])
+    boxes = n.op("Concat", [n.op("Sub", [ox, ow]), n.op("Sub", [oy, oh]), n.op("Add", [ox, ow]),
+                            n.op("Add", [oy, oh])], {"axis": 2})  # (B, N, 4)
+    if clip:
+        boxes = n.op("Clip", [boxes, n.scalar(0.0, score), n.scalar(1.0, score)])
+    rows = n.op("Concat", [n.op("Unsqueeze", [cls, n.ints([2])]), n.op("Unsqueeze", [score, n.ints([2])]), boxes],
+                {"axis": 2})  # (B, N, 6)
+    neg_inf = n.scalar(-np.inf, score)
+    n_dim = n.op("Slice", [n.op("Shape", [score]), n.ints([1]), n.ints([2])])
+    sorted_s, order = n.op("TopK", [n.op("Where", [valid, score, neg_inf]), n_dim],
+                           {"axis": 1, "largest": 1, "sorted": 1}, outputs=2)
+
+    def gather_rows(idx: ir.Value) -> ir.Value:
+        return n.op("GatherElements", [rows, n.op("Expand", [n.op("Unsqueeze", [idx, n.ints([2])]),
+                                                             n.op("Shape", [rows])])], {"axis": 1})
+
+    ok = n.op("Greater", [sorted_s, neg_inf])  # (B, N): the valid rows, first in sorted order
+    pos = n.op("Range", [n.const(np.asarray(0, np.int64)), n.op("Squeeze", [n_dim, n.ints([0])]),
+                         n.const(np.asarray(1, np.int64))])
+    sorted_rows = gather_rows(order)
+    cand = ok
+    if topk > 0:
+        first = n.op("Less", [n.op("Unsqueeze", [pos, n.ints([0])]), n.ints([topk])])
+        cand = n.op("And", [ok, first])
+        # MXNet sorts only the first nms_topk into place: later valid rows stay in anchor order
+        pos_f = n.op("Cast", [n.op("Unsqueeze", [pos, n.ints([0])])], {"to": _FLOAT})
+        invalid = n.op("Cast", [n.op("Not", [valid])], {"to": _FLOAT})
+        key = n.op("Add", [pos_f, n.op("Mul", [invalid, n.op("Cast", [n_dim], {"to": _FLOAT})])])
+        _, compact = n.op("TopK", [key, n_dim], {"axis": 1, "largest": 0, "sorted": 1}, outputs=2)
+        sorted_rows = n.op("Where", [n.op("Unsqueeze", [first, n.ints([2])]), sorted_rows, gather_rows(compact)])
+    rows = sorted_rows
+    n_f = n.op("Cast", [n_dim], {"to": _FLOAT})
+    rank = n.op("Sub", [n_f, n.op("Cast", [pos], {"to": _FLOAT})])
+    rank = n.op("Where", [cand, n.op("Unsqueeze", [rank, n.ints([0])]), n.const(np.asarray(0.0, np.float32))])
+    coords = n.op("Slice", [rows, n.ints([2]), n.ints([6]), n.ints([2])])
+    if force:
+        scores = n.op("Unsqueeze", [rank, n.ints([1])])
+    else:
+        ids = n.op("Cast", [n.op("Squeeze", [n.op("Slice", [rows, n.ints([0]), n.ints([1]), n.ints([2])]),
+                                              n.ints([2])])], {"to": ir.DataType.INT64})
+        ids = n.op("Where", [cand, ids, n.const(np.asarray(0, np.int64))])
+        onehot = n.op("OneHot", [ids, n.const(np.asarray(n_cls - 1, np.int64)),
+                                 n.const(np.asarray([0.0, 1.0], np.float32))], {"axis": 1})
+        scores = n.op("Mul", [onehot, n.op("Unsqueeze", [rank, n.ints([1])])])
+    sel = n.op("NonMaxSuppression", [coords, scores, n.op("Cast", [n_dim], {"to": ir.DataType.INT64}),
+                                     n.const(np.asarray([nms_thr], np.float32)),
+                                     n.const(np.asarray([0.5], np.float32))])
+    zeros = n.op("ConstantOfShape", [n.op("Shape", [sorted_s])], {"value": ir.tensor(np.zeros(1, np.float32))})
+    ones = n.op("ConstantOfShape", [n.op("Slice", [n.op("Shape", [sel]), n.ints([0]), n.ints([1])])],
+                {"value": ir.tensor(np.ones(1, np.float32))})
+    kept = n.op("Greater", [n.op("ScatterND", [zeros, n.op("Gather", [sel, n.ints([0, 2])], {"axis": 1}), ones]),
+                            n.scalar(0.5, score)])  # (B, N)
+    minus = n.scalar(-1.0, score)
+    idcol = n.op("Where", [kept, n.op("Squeeze", [c(rows, 0), n.ints([2])]), minus])
+    rows = n.op("Concat", [n.op("Unsqueeze", [idcol, n.ints([2])]), n.op("Slice", [rows, n.ints([1]), n.ints([6]),
+                                                                                   n.ints([2])])], {"axis": 2})
+    return n.op("Where", [n.op("Unsqueeze", [ok, n.ints([2])]), rows, minus])
