@@ -241,5 +241,5 @@ def test_unsupported_raw_op_cli_one_line(tmp_path) -> None:
     res = CliRunner().invoke(cli, ["convert", str(path), "-o", str(out)])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "ops.Sort x1 (sort)" in lines[0] and str(path) in lines[0], lines
+    assert len(lines) == 1 and "ops.Sort x1 (sort" in lines[0] and str(path) in lines[0], lines  # sort, sort_1 ...: Keras numbers op names per process
     assert not out.exists()
