@@ -130,7 +130,7 @@ def _reference_predict(fw: str, sources: list[Any], model: Any, options: Any) ->
 
     def predict(x: np.ndarray) -> np.ndarray:
         outs, _ = run_reference(fw, sources, {_input_name(model): x}, output_names=[_output_name(model)],
-                                options={"convert_options": options, "model": model})
+                                options={"convert_options": options, "model": model, "caffe_reference": "opencv"})
         return outs[_output_name(model)]
 
     return predict
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    stages = 3 + len(wanted) + 2  # data, two trainings, frameworks, fine-tune, report
+    stages = 3 + len(wanted) + 3  # data, two trainings, frameworks, int8, fine-tune, report
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     with progress:
@@ -503,6 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row.status = _failure(exc)
             rows.append(row)
             step()
+
+        stage("quantizing the converted PyTorch model to int8")
+        from model_zoo.case_study_quantize import int8_row
+
+        rows.append(int8_row(ctx, rows, record_latency, BATCH_SIZES))
+        step()
 
         stage("fine-tuning the converted Caffe model")
         tuned: dict[str, Any] = {}

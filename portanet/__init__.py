@@ -9,6 +9,7 @@ Public API::
     out = portanet.Session(model, backend="ort").run({"data": x})
     report = portanet.verify(["deploy.prototxt", "net.caffemodel"])
     portanet.Trainer(model, ...).fit(...)
+    portanet.export(model, to="pytorch", path="net.py")
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
 
-__all__ = ["__version__", "load", "save", "convert", "optimize", "Session", "Trainer", "verify"]
+__all__ = ["__version__", "load", "save", "convert", "optimize", "export", "Session", "Trainer", "verify",
+           "register_layer"]
 
 
 def load(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model:
@@ -67,11 +69,28 @@ def optimize(model: ir.Model, level: int = 2, **kwargs: Any) -> ir.Model:
     return _optimize(model, level=level, **kwargs)
 
 
+def register_layer(framework: str, *layer_types: str) -> Any:
+    """Decorator registering a user's handler for source layers of ``layer_types`` in the
+    ``framework`` importer ("caffe", "mxnet", "keras", "cntk", "onnx"); it replaces a built-in
+    handler of the same type. See ``portanet.converters.plugins`` and the README."""
+    from portanet.converters.plugins import register_layer as _register
+
+    return _register(framework, *layer_types)
+
+
 def verify(*sources: Any, **kwargs: Any) -> Any:
     """Convert (or take ``onnx=``) and compare against the source framework; returns a report."""
     from portanet.parity import verify as _verify
 
     return _verify(*sources, **kwargs)
+
+
+def export(model: Any, *, to: str, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """Export ``model`` (IR, source paths or a framework model) to ``to`` (pytorch, torchscript,
+    pt2, keras, savedmodel, tflite) at ``path``, verified against ONNX Runtime by default."""
+    from portanet.export import export as _export
+
+    return _export(model, to=to, path=path, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

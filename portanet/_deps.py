@@ -14,6 +14,8 @@ _EXTRA = {
     "tf2onnx": ("tf2onnx", "tf"),
     "cv2": ("opencv-python-headless", "caffe-ref"),
     "matplotlib": ("matplotlib", "torch"),
+    "openvino": ("openvino", "openvino"),
+    "tract": ("tract", "tract"),
 }
 
 

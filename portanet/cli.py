@@ -71,6 +71,37 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
 
 
+def user_code_options() -> list:
+    """--import / --plugin / --trust-code: user code loaded before the source is read (eager
+    callbacks, so every command taking source options honours them)."""
+
+    def _imports(ctx, param, values):
+        from portanet.converters.plugins import import_modules
+
+        import_modules(values)
+
+    def _plugins(ctx, param, values):
+        from portanet.converters.plugins import load_plugins
+
+        load_plugins(values)
+
+    def _trust(ctx, param, value):
+        if value:
+            from portanet.converters.plugins import trust_code
+
+            trust_code()
+
+    return [
+        click.option("--import", "imports", multiple=True, metavar="MODULE", expose_value=False, callback=_imports,
+                     help="Import MODULE first (repeatable): registers the user's Keras classes or layer plugins."),
+        click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", expose_value=False, callback=_plugins,
+                     type=click.Path(path_type=Path),
+                     help="Load layer handlers registered with @portanet.register_layer (repeatable)."),
+        click.option("--trust-code", is_flag=True, expose_value=False, callback=_trust,
+                     help="Keras: deserialize Lambda layers (runs Python code stored in the model file)."),
+    ]
+
+
 def source_options(fn):
     """The conversion options shared by `convert` and `verify` (they read the source the same way)."""
     options = [
@@ -86,6 +117,7 @@ def source_options(fn):
         click.option("--trust-pickle", is_flag=True, help="PyTorch: allow unpickling whole models (runs code!)."),
         click.option("--nchw", is_flag=True,
                      help="Keras/TF: NCHW inputs and outputs instead of the Keras NHWC interface."),
+        *user_code_options(),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -185,6 +217,58 @@ def _print_summary(model, output: Path) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------- export
+@cli.command("export")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, metavar="TARGET",
+              help="pytorch, torchscript, pt2, keras, savedmodel or tflite.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file (net.py, net.pt, net.pt2, model.keras, model.tflite) or folder (savedmodel).")
+@click.option("--framework", "-f", help="Source format; detected by default (an .onnx file works too).")
+@source_options
+@click.option("--verify/--no-verify", "do_verify", default=True, show_default=True,
+              help="Run the export in a fresh process beside ONNX Runtime on seeded inputs.")
+@click.option("--keep-layout", is_flag=True, help="Keras/SavedModel/TFLite: keep the IR's NCHW interface.")
+@click.option("--quantize", type=click.Choice(["dynamic"]), help="TFLite: dynamic-range int8 weights.")
+@click.option("--class-name", help="PyTorch: name of the generated nn.Module class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification inputs.")
+def export_cmd(sources: tuple[Path, ...], to: str, output: Path, framework: str | None,
+               input_shapes: tuple[str, ...], prototxt: Path | None, weights: Path | None, params: Path | None,
+               epoch: int | None, model_class: str | None, trust_pickle: bool, nchw: bool, do_verify: bool,
+               keep_layout: bool, quantize: str | None, class_name: str | None, seed: int) -> None:
+    """Export SOURCES (anything `convert` takes, or an .onnx) back into a framework.
+
+    \b
+    Examples:
+      portanet export deploy.prototxt net.caffemodel --to pytorch -o net.py     (+ net.pt)
+      portanet export model.onnx --to keras -o model.keras
+      portanet export resnet-symbol.json --to tflite -o resnet.tflite
+      portanet export net.onnx --to savedmodel -o served/
+    Exit 3 when the export does not match ONNX Runtime (the first divergent layer is named).
+    """
+    from portanet.converters.registry import ConvertOptions, convert_paths
+    from portanet.export import export, get_target
+    from portanet.ir.shapes import parse_input_shapes
+
+    tgt = get_target(to)
+    srcs = list(sources) + [p for p in (prototxt, weights, params) if p is not None and p not in sources]
+    opts = ConvertOptions(
+        input_shapes=parse_input_shapes(input_shapes),
+        prototxt=prototxt, weights=weights, params=params, epoch=epoch,
+        model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,
+    )
+    with console().status(f"exporting to {tgt.name} ..."):
+        model = _optimize(convert_paths(srcs, opts, framework=framework), 1)
+        result = export(model, to=tgt.name, path=output, verify=do_verify, seed=seed, keep_layout=keep_layout,
+                        quantize=quantize, class_name=class_name, opt_level=0)
+    files = ", ".join(str(f) for f in result.artifact.files)
+    console().print(f"[green]wrote[/green] {files}  ({tgt.name}, {result.seconds:.2f} s)")
+    if result.check is not None:
+        c = result.check
+        console().print(f"[green]verified[/green] against ONNX Runtime in a fresh process (batch "
+                        f"{', '.join(map(str, c.batches))}): max error {c.max_error:.2g}")
+
+
 # ---------------------------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
@@ -251,7 +335,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
               help="An input array (repeatable). Random inputs of the declared shapes by default.")
-@click.option("--backend", default="ort", show_default=True, help="ort or torch.")
+@click.option("--backend", "--backends", "backend", default="ort", show_default=True, metavar="NAME[,NAME...]",
+              help="ort, torch, openvino, opencv or tract; several (comma-separated) run side by side.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
@@ -265,6 +350,7 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
       portanet run net.onnx                                   (random inputs)
       portanet run net.onnx --input data=x.npy -o out.npz
       portanet run net.onnx --backend torch --batch 8
+      portanet run net.onnx --backends ort,openvino,opencv,tract
     """
     from rich.table import Table
 
@@ -272,7 +358,9 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
     from portanet.parity.inputs import load_array
     from portanet.runtime.session import Session
 
-    session = Session(load_onnx(model_path, upgrade=False), backend=backend, device=device)
+    names = [b.strip() for b in backend.split(",") if b.strip()] or ["ort"]
+    model = load_onnx(model_path, upgrade=False)
+    session = Session(model, backend=names[0], device=device)
     feeds = session.random_feeds(batch=batch, seed=seed)
     for spec in inputs:
         name, sep, file = spec.partition("=")
@@ -283,14 +371,22 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
             name, file = session.inputs[0].name, spec
         feeds[name] = load_array(Path(file))
     outputs = session.run(feeds)
-    table = Table(title=f"{model_path.name} on {backend}/{device}")
-    for col in ("output", "shape", "dtype", "min", "max", "mean", "std"):
-        table.add_column(col, justify="right" if col in ("min", "max", "mean", "std") else "left")
-    for name, arr in outputs.items():
-        a = np.asarray(arr)
-        stats = [f"{float(f(a)):.6g}" for f in (np.min, np.max, np.mean, np.std)] if a.size and a.dtype.kind in "fiu" else ["-"] * 4
-        table.add_row(name, str(list(a.shape)), str(a.dtype), *stats)
-    console().print(table)
+    # further backends run the same feeds; their table adds the max |difference| to the first's
+    runs = [(names[0], outputs)] + [(b, Session(model, backend=b, device=device).run(feeds)) for b in names[1:]]
+    for be, outs in runs:
+        table = Table(title=f"{model_path.name} on {be}/{device}")
+        cols = ["output", "shape", "dtype", "min", "max", "mean", "std"] + ([f"max |diff| vs {names[0]}"] if be != names[0] else [])
+        for col in cols:
+            table.add_column(col, justify="left" if col in ("output", "shape", "dtype") else "right")
+        for name, arr in outs.items():
+            a = np.asarray(arr)
+            stats = [f"{float(f(a)):.6g}" for f in (np.min, np.max, np.mean, np.std)] if a.size and a.dtype.kind in "fiu" else ["-"] * 4
+            if be != names[0]:
+                ref = np.asarray(outputs[name])
+                same = ref.shape == a.shape and a.size and a.dtype.kind in "fiu"
+                stats.append(f"{float(np.max(np.abs(a.astype(np.float64) - ref))):.3g}" if same else "shape differs")
+            table.add_row(name, str(list(a.shape)), str(a.dtype), *stats)
+        console().print(table)
     if output is not None:
         import io
 
@@ -311,8 +407,11 @@ def run(model_path: Path, inputs: tuple[str, ...], backend: str, device: str, ba
 @click.option("--passes", metavar="a,b,...", help="Run exactly these passes (names as in the --check table).")
 @click.option("--check", is_flag=True, help="Run probe inputs through ONNX Runtime around every pass.")
 @click.option("--opset", type=int, help="ONNX opset of the output (13-21; default: the model's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: float16 weights and compute, float32 inputs/outputs, overflow-prone ops kept float32; "
+                   "checked against float32 at float16 tolerances (exit 3 beyond them).")
 def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | None, check: bool,
-                 opset: int | None) -> None:
+                 opset: int | None, precision: str) -> None:
     """Optimize MODEL: fewer nodes and bytes, the same outputs.
 
     \b
@@ -320,6 +419,7 @@ def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | N
       portanet optimize net.onnx -o net.opt.onnx
       portanet optimize net.onnx -o net.opt.onnx -O1 --check
       portanet optimize net.onnx -o out.onnx --passes constant_folding,remove_unused
+      portanet optimize net.onnx -o net.fp16.onnx --precision fp16
     """
     from portanet.ir.io import load_onnx, save_onnx
     from portanet.optimizer import optimize_with_report
@@ -330,8 +430,21 @@ def optimize_cmd(model_path: Path, output: Path, opt_level: int, passes: str | N
     model = load_onnx(model_path)
     with console().status("optimizing ..."):
         result = optimize_with_report(model, level=opt_level, passes=names, check=check)
-    save_onnx(result.model, output, opset=opset)
+    fp16 = None
+    if precision == "fp16":
+        from portanet.quantize.fp16 import fp16_checked
+
+        with console().status("converting to float16 ..."):
+            half, fp16 = fp16_checked(result.model)
+    save_onnx(half if fp16 is not None else result.model, output, opset=opset)
     _print_optimize(result, output, check)
+    if fp16 is not None:
+        from portanet.quantize.fp16 import FP16_ATOL, FP16_RTOL
+
+        for name, s in fp16.items():
+            console().print(f"float16 vs float32 on probe inputs, output {name}: max abs err {s.max_abs:.3g}, "
+                            f"max rel err {s.max_rel:.3g}, cosine {s.cosine:.6f} (tolerance {FP16_ATOL:g} + "
+                            f"{FP16_RTOL:g} * scale: pass)", soft_wrap=True)
 
 
 def _print_optimize(result: Any, output: Path, check: bool) -> None:
@@ -361,6 +474,104 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
     con.print(f"[green]wrote[/green] {output}")
 
 
+# --- quantize ---
+@cli.command("quantize")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Quantized .onnx to write.")
+@click.option("--data", "-d", "data", type=click.Path(path_type=Path),
+              help="IDX directory or .npz: calibration from its training split, evaluation on its test split "
+                   "(default: the embedded MNIST 10k subset).")
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: int8 weights and activations (QDQ); dynamic: int8 MatMul/Gemm weights only.")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen (static).")
+@click.option("--samples", type=int, default=256, show_default=True, help="Calibration samples (training split).")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Accuracy budget: over it, the most sensitive layers stay float until it holds.")
+@click.option("--test-samples", type=int, help="Evaluate on the first N test samples (default: all).")
+@click.option("--mean", help="Input mean(s), comma-separated (default: as `portanet train`).")
+@click.option("--std", help="Input std(s), comma-separated (with --mean).")
+@click.option("--no-normalize", is_flag=True, help="Only scale integer images to [0, 1].")
+@click.option("--no-latency", is_flag=True, help="Skip the ONNX Runtime latency measurement.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample choice.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+def quantize_cmd(model_path: Path, output: Path, data: Path | None, mode: str, calibration: str, samples: int,
+                 per_channel: bool, max_accuracy_drop: float | None, test_samples: int | None, mean: str | None,
+                 std: str | None, no_normalize: bool, no_latency: bool, seed: int, json_path: Path | None) -> None:
+    """Quantize MODEL to int8 with calibration on real data, and measure what it costs.
+
+    Inputs are prepared as `portanet train` prepares them (layout, normalisation). Prints
+    float32 vs int8: top-1 accuracy (labelled data) or agreement/cosine, size, and ONNX
+    Runtime latency at batch 1 and 32. Exit 3 when --max-accuracy-drop cannot be met (the
+    model with every layer fallback tried is still written).
+
+    \b
+    Examples:
+      portanet quantize net.onnx -o net.int8.onnx
+      portanet quantize net.onnx -o q.onnx --data mnist/ --calibration entropy --samples 512
+      portanet quantize net.onnx -o q.onnx --data d.npz --max-accuracy-drop 0.5
+    """
+    from portanet.errors import ParityError
+    from portanet.ir.io import atomic_write_bytes
+    from portanet.quantize import QuantizeOptions, quantize_file
+
+    opts = QuantizeOptions(mode=mode, calibration=calibration, samples=samples, per_channel=per_channel,
+                           max_accuracy_drop=max_accuracy_drop, test_samples=test_samples, mean=_float_list(mean),
+                           std=_float_list(std), normalize=not no_normalize, seed=seed,
+                           latency_batches=() if no_latency else (1, 32))
+    opts.validate()
+    with console().status("quantizing ...") as status:
+        result = quantize_file(model_path, output, data, opts, progress=lambda msg: status.update(f"{msg} ..."))
+    report = result.report
+    _print_quantize(report, output)
+    if json_path is not None:
+        atomic_write_bytes(json_path, report.to_json().encode())
+        console().print(f"[green]wrote[/green] {json_path}")
+    if report.budget_met is False:
+        raise ParityError(f"{output}: int8 loses {report.drop:.2f} points, over the budget of "
+                          f"{report.budget:g}, even with {len(report.fallback.kept) if report.fallback else 0} "
+                          "layer(s) in float")
+
+
+def _print_quantize(report: Any, output: Path) -> None:
+    from rich.table import Table
+
+    con = console()
+    d = report.data
+    con.print(f"calibration: {d['calibration_samples']} training samples of {d['data']} "
+              f"({report.calibration or 'none: dynamic'}), evaluation: {d['test_samples']} test samples; "
+              f"normalisation: {d['normalization_source']}", soft_wrap=True)
+    batches = sorted({b for r in report.rows for b in r.latency_ms})
+    table = Table(title=f"{output.name}: float32 vs int8 ({report.mode}, "
+                        f"{'per-channel' if report.per_channel else 'per-tensor'} weights)")
+    cols = ["precision", "top-1 acc", "agree w/ float", "cosine", "max rel err", "size MB"] + [
+        f"ORT b{b} ms" for b in batches]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "precision" else "right")
+    base = report.rows[0]
+    for r in report.rows:
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        ratio = lambda a, b, r=r: "" if r is base or not b else f" ({a / b:.2f}x)"  # noqa: E731
+        table.add_row(r.name, pct(r.accuracy), pct(r.agreement), f"{r.cosine:.5f}", f"{r.max_rel:.3g}",
+                      f"{r.size_bytes / 1e6:.3f}{ratio(r.size_bytes, base.size_bytes)}",
+                      *[f"{r.latency_ms[b]:.3f}{ratio(r.latency_ms[b], base.latency_ms.get(b))}" for b in batches])
+    con.print(table)
+    fb = report.fallback
+    if fb is not None:
+        con.print(f"naive int8 lost {report.naive_drop:.2f} points (budget {report.budget:g}): measured "
+                  f"{len(fb.sensitivities)} layers one at a time", soft_wrap=True)
+        ft = Table(title="layers kept in float (source layers, most sensitive first)")
+        for c in ("layer", "type", "why"):
+            ft.add_column(c, overflow="fold")
+        for s, why in fb.kept_layers():
+            ft.add_row(s.layer, s.layer_type, why)
+        con.print(ft)
+    style = "green" if report.budget_met is not False else "red"
+    con.print(f"[{style}]{report.summary()}[/{style}]", soft_wrap=True)
+    con.print(f"[green]wrote[/green] {output}")
+
+
 # --- verify ---
 @cli.command("verify")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
@@ -368,7 +579,7 @@ def _print_optimize(result: Any, output: Path, check: bool) -> None:
               help="An already converted model to check (default: convert SOURCES now).")
 @click.option("--framework", "-f", help="Source format; detected by default.")
 @click.option("--backends", default=None, metavar="ort,torch",
-              help="Backends to compare (default: ort and torch, where they can run the model).")
+              help="Backends to compare: ort, torch, openvino, opencv, tract (default: ort and torch, where they can run the model).")
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
 @click.option("--data", type=click.Path(path_type=Path), help="A dataset (IDX folder or .npz): its first test samples.")
 @click.option("--shapes", metavar="1x3x224x224,4x3x224x224",
@@ -460,7 +671,9 @@ def _print_verify(report) -> None:
         s = r.stats
         table.add_row(r.backend, r.inputs, r.output, f"{s.max_abs:.3g}", f"{s.max_rel:.3g}", f"{s.cosine:.6f}",
                       "-" if s.top1 is None else f"{s.top1:.0%}",
-                      "[green]pass[/green]" if s.passed else f"[red]FAIL[/red] {s.problem}".strip())
+                      f"[green]pass[/green] {s.problem}".strip() if s.passed
+                      else "[yellow]f32 rounding[/yellow]" if report.arbitrated
+                      else f"[red]FAIL[/red] {s.problem}".strip())
     con.print(table)
     for b, why in report.skipped_backends.items():
         con.print(f"[yellow]skipped backend {b}[/yellow]: {why}")
@@ -701,7 +914,7 @@ def _print_train_summary(result: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--backends", default="ort,torch", show_default=True,
-              help="Comma list of ort, torch, source (source = the original framework; needs --source; "
+              help="Comma list of ort, torch, openvino, opencv, tract, source (source = the original framework; needs --source; "
                    "for Caffe and MXNet sources the time includes loading the model in OpenCV/mxnet).")
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma list of batch sizes.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

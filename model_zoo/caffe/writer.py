@@ -162,6 +162,7 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
                 k = p.kernel_size or p.kernel_h
                 s, pd, ceil = p.stride, p.pad, p.round_mode == 0
                 outs = [[x[0], x[1], _pool_out(x[2], k, s, pd, ceil), _pool_out(x[3], k, s, pd, ceil)]]
+            outs = outs * len(layer.top)  # a MAX pooling's mask top has the pooled shape
         elif t == "InnerProduct":
             p = layer.inner_product_param
             k = int(np.prod(x[p.axis :]))
@@ -291,12 +292,27 @@ def write_caffemodel(prototxt_text: str, out: Path, *, seed: int = 0,
     return atomic_write_bytes(out, raw.SerializeToString())
 
 
+#: zoo nets generated as text (name -> builder)
+GENERATED = {
+    "resnet50": lambda: resnet_prototxt(),
+    "mobilenet_ssd": lambda: _ssd().mobilenet_ssd_prototxt(),
+    "face_ssd": lambda: _ssd().face_ssd_prototxt(),
+}
+
+
+def _ssd() -> Any:
+    from model_zoo.caffe import ssd
+
+    return ssd
+
+
 def prototxt_path(name: str) -> Path:
-    """The committed prototxt of zoo net ``name`` (``resnet50`` is generated)."""
-    if name == "resnet50":
-        path = cache_dir("caffe") / "resnet50.prototxt"
-        if not path.exists():
-            path.write_text(resnet_prototxt())
+    """The committed prototxt of zoo net ``name`` (the ``GENERATED`` ones are written to the cache)."""
+    if name in GENERATED:
+        text = GENERATED[name]()
+        path = cache_dir("caffe") / f"{name}.prototxt"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
         return path
     return HERE / f"{name}.prototxt"
 

@@ -125,12 +125,22 @@ def detect(paths: Sequence[Path]) -> Importer:
         if not p.exists():
             raise InvalidInputError(f"{p}: no such file or directory")
     for imp in imps.values():
-        if any(imp.detect(p) for p in paths):
+        if any(_detects(imp, p) for p in paths):
             return imp
     names = ", ".join(str(p) for p in paths)
     raise InvalidModelError(
         f"{names}: cannot tell the source format; pass --framework ({', '.join(sorted(imps))})"
     )
+
+
+def _detects(imp: Importer, path: Path) -> bool:
+    """``imp.detect(path)``, guarded: a file too corrupt to sniff (a zip with a broken central
+    directory, an unreadable header) is simply not this importer's format."""
+    try:
+        return bool(imp.detect(path))
+    except Exception as exc:  # noqa: BLE001 - sniffing must never fail the command
+        log.debug("%s detection of %s failed: %s: %s", imp.name, path, type(exc).__name__, exc)
+        return False
 
 
 def convert_paths(

@@ -21,7 +21,7 @@ from portanet.data.datasets import (
 )
 from portanet.data.idx import read_idx, write_idx
 from portanet.data.npz import load_npz
-from portanet.data.transforms import Layout, Normalizer, plan_layout
+from portanet.data.transforms import Layout, Normalizer, input_normalizer, plan_layout
 
 __all__ = [
     "DEFAULT_DATA",
@@ -33,6 +33,7 @@ __all__ = [
     "default_data_dir",
     "formats",
     "holdout",
+    "input_normalizer",
     "load_data",
     "load_npz",
     "plan_layout",

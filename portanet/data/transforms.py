@@ -114,6 +114,12 @@ class Normalizer:
     def to_dict(self) -> dict[str, object]:
         return {"mean": self.mean, "std": self.std, "scale": self.scale, "channel_axis": self.channel_axis}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Normalizer:
+        """The inverse of ``to_dict`` (e.g. the normalisation a trained model's metadata records)."""
+        return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]],  # type: ignore[union-attr]
+                   float(d.get("scale", 1.0)), int(d.get("channel_axis", 1)))  # type: ignore[arg-type]
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """float32 normalised copy of model-layout samples ``x`` (N, ...)."""
         out = x.astype(np.float32) * np.float32(self.scale)
@@ -132,3 +138,21 @@ class Normalizer:
         out -= np.asarray(self.mean, np.float32).reshape(shape)
         out /= np.asarray(self.std, np.float32).reshape(shape)
         return out
+
+
+def input_normalizer(x_train: np.ndarray, layout: Layout, *, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, normalize: bool = True) -> Normalizer:
+    """The input normalisation ``portanet train`` applies (and ``portanet quantize`` reuses).
+
+    Given ``mean``/``std`` win; otherwise ``normalize`` computes them on the training samples
+    ``x_train``; ``normalize=False`` only scales integer images to [0, 1]. Per-channel values
+    apply to the model input's channel axis (last for NHWC layouts).
+    """
+    if mean is not None and std is not None:
+        norm = Normalizer(list(mean), list(std), Normalizer.scale_for(x_train))
+    elif normalize:
+        norm = Normalizer.fit(x_train)
+    else:
+        norm = Normalizer.identity(x_train)
+    norm.channel_axis = -1 if layout.rule in ("add-channel-last", "nchw-to-nhwc") else 1
+    return norm

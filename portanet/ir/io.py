@@ -7,6 +7,12 @@
   through onnx's version converter; where onnx has no down-conversion adapter for an op
   whose signature did not change between the two versions (only types were added), the
   node is relabelled, and ops with real changes go through the converter one node at a time.
+* Saved files carry no ``value_info`` for intermediate values: the shapes ONNX inference
+  wrote there name the symbolic batch (``N``), and a consumer that fixes the input's batch
+  (tract, OpenVINO's reshape) then finds ``N`` and ``1`` for the same tensor and refuses the
+  file. Graph inputs and outputs keep their declared shapes; every consumer re-infers the rest.
+* ``portanet.ir.portable`` rewrites what some consumers read differently (average pooling
+  that counts its padding becomes an explicit ``Pad`` and a pool).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from portanet.errors import InvalidInputError, InvalidModelError
 from portanet.ir.builder import CANONICAL_OPSET, IR_VERSION
+from portanet.ir.portable import make_portable
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +90,19 @@ def read_onnx_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise InvalidModelError(f"{p}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
     if not proto.graph.node and not proto.graph.output:
         raise InvalidModelError(f"{p}: not a valid ONNX file (no graph)")
+    from portanet.ir.onnx_check import check_strings, validate_proto
+
+    check_strings(proto, p)  # first: protobuf hands non-UTF-8 strings over as bytes
     _check_external_locations(proto, p)
     opset = model_opset(proto)
     if not MIN_LOAD_OPSET <= opset <= MAX_OPSET:
         raise InvalidModelError(f"{p}: opset {opset} is outside the supported range {MIN_LOAD_OPSET}-{MAX_OPSET}")
     try:
         onnx.checker.check_model(str(p))
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise InvalidModelError(f"{p}: ONNX checker rejected the model: {first}") from exc
+    validate_proto(proto, p)
     return proto
 
 
@@ -101,9 +112,20 @@ def load_onnx(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model
     proto = read_onnx_proto(p)
     if upgrade and model_opset(proto) != CANONICAL_OPSET:
         proto = convert_opset(proto, CANONICAL_OPSET, where=str(p))
-    model = ir.serde.deserialize_model(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except ir.serde.SerdeError as exc:
+        raise InvalidModelError(f"{p}: not a valid ONNX model ({_root_cause(exc)})") from exc
     ir.external_data.set_base_dir(model.graph, p.resolve().parent)
     return model
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause of a wrapped error (onnx_ir nests them per level)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def convert_opset(proto: onnx.ModelProto, target: int, *, where: str = "model") -> onnx.ModelProto:
@@ -111,11 +133,18 @@ def convert_opset(proto: onnx.ModelProto, target: int, *, where: str = "model") 
     source = model_opset(proto)
     if source == target:
         return proto
-    try:
-        out = onnx.version_converter.convert_version(proto, target)
-    except Exception as exc:  # noqa: BLE001 - onnx raises RuntimeError/IndexError/...
-        log.debug("whole-model version conversion failed (%s); converting node by node", exc)
+    if target < source:
+        # onnx's down adapters are missing for most 13-21 changes or keep attributes the
+        # older schema lacks: portanet's own node-by-node conversion, checked afterwards
         out = _convert_nodewise(proto, source, target, where)
+    else:
+        try:
+            out = onnx.version_converter.convert_version(proto, target)
+            if source >= MIN_SAVE_OPSET:  # the node-by-node fallback covers 13-21 only
+                onnx.checker.check_model(out)
+        except Exception as exc:  # noqa: BLE001 - onnx raises RuntimeError/IndexError/ValidationError/...
+            log.debug("whole-model version conversion failed (%s); converting node by node", exc)
+            out = _convert_nodewise(proto, source, target, where)
     _restore_node_metadata(proto, out)
     out.ir_version = max(out.ir_version, 7 if target < 15 else 8)
     if any(n.metadata_props for n in out.graph.node):
@@ -166,78 +195,56 @@ def _node_compatible(node: onnx.NodeProto, source: int, target: int) -> bool:
     return len([n for n in node.input]) >= required_b
 
 
-_REDUCE_AXES_AS_INPUT_SINCE_18 = {
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
-}
-
-
-def _downgrade_rewrite(node: onnx.NodeProto, inits: dict, target: int, where: str) -> onnx.NodeProto | None:
-    """Exact rewrites for opset-18 changes that onnx has no down-conversion adapter for."""
-    from onnx import helper, numpy_helper
-
-    if target >= 18:
-        return None
-    if node.op_type in _REDUCE_AXES_AS_INPUT_SINCE_18 and len(node.input) >= 2 and node.input[1]:
-        if node.input[1] not in inits:
-            raise InvalidModelError(
-                f"{where}: node '{node.name}' ({node.op_type}) has non-constant axes; it cannot be expressed below opset 18"
-            )
-        axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]]).ravel()]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if not axes and attrs.get("noop_with_empty_axes"):
-            return None
-        attrs.pop("noop_with_empty_axes", None)
-        new = helper.make_node(node.op_type, [node.input[0]], list(node.output), name=node.name, axes=axes, **attrs)
-    elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
-        # Split-13 without a `split` input divides equally into len(outputs) parts, which is what
-        # num_outputs means when the dimension divides evenly (ORT checks that at run time).
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "num_outputs"}
-        new = helper.make_node("Split", list(node.input[:1]), list(node.output), name=node.name, **attrs)
-    elif node.op_type == "BatchNormalization" and target < 14 and len(node.output) == 1:
-        # inference-mode BatchNormalization (one output, training_mode 0) is the same in BN-9
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.pop("training_mode", 0):
-            return None
-        new = helper.make_node("BatchNormalization", list(node.input), list(node.output), name=node.name, **attrs)
-    else:
-        return None
-    new.metadata_props.extend(node.metadata_props)
-    return new
-
-
 def _convert_nodewise(proto: onnx.ModelProto, source: int, target: int, where: str) -> onnx.ModelProto:
-    """Fallback when onnx's whole-model converter lacks an adapter (mostly down-conversions
-    within 13-21): keep nodes whose meaning is unchanged, rewrite the known opset-18 changes,
-    and run the converter on single-node models for the rest."""
+    """Convert node by node (every down-conversion, and up-conversions onnx's whole-model
+    converter fails on): the exact rewrites of ``portanet.ir.downgrade`` first, then nodes whose
+    meaning is unchanged (after dropping attributes the target lacks that hold their
+    defaults), then onnx's converter on single-node models for the rest."""
+    from portanet.ir import downgrade
+
     if min(source, target) < MIN_SAVE_OPSET:
         raise InvalidModelError(f"{where}: onnx cannot convert this model from opset {source} to {target}")
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     inits = {t.name: t for t in proto.graph.initializer}
+    used = {o for n in proto.graph.node for o in [*n.output, n.name]} | set(inits) | {i.name for i in proto.graph.input}
+    ctx = downgrade.DowngradeContext(target=target, where=where, inits=inits, types=types, used=used)
     new_nodes: list[onnx.NodeProto] = []
     for node in proto.graph.node:
         if node.domain not in ("", "ai.onnx"):
             new_nodes.append(node)
             continue
-        rewritten = _downgrade_rewrite(node, inits, target, where)
+        rewritten = downgrade.apply(node, ctx) if target < source else None
         if rewritten is not None:
-            new_nodes.append(rewritten)
-        elif _node_compatible(node, source, target):
-            new_nodes.append(node)
+            new_nodes.extend(rewritten)
+            continue
+        stripped = downgrade.strip_default_attributes(node, source, target)
+        if stripped is not None and _node_compatible(stripped, source, target):
+            new_nodes.append(stripped)
         else:
             new_nodes.extend(_convert_single(node, types, inits, source, target, where))
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
+    out.graph.initializer.extend(ctx.new_inits)
+    # constants a rewrite turned into attributes (Reduce axes, Split sizes) go with their node
+    used_after = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    used_before = {i for n in proto.graph.node for i in n.input}
+    dropped = [t for t in out.graph.initializer if t.name in used_before and t.name not in used_after]
+    for t in dropped:
+        out.graph.initializer.remove(t)
     for o in out.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = target
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in out.graph.initializer)
     try:
-        onnx.checker.check_model(out)
+        # external tensors resolve only next to the file: save_onnx checks the written file
+        if not external:
+            onnx.checker.check_model(out)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"{where}: cannot convert from opset {source} to {target}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0]
+        raise InvalidModelError(f"{where}: cannot convert from opset {source} to {target}: {first}") from exc
     return out
 
 
@@ -317,10 +324,14 @@ def save_onnx(
         if not model.ir_version or model.ir_version < IR_VERSION:
             model.ir_version = IR_VERSION
         ir.save(model, tmp, external_data=data_name)
+        # external tensors stay in their file: this reads and rewrites the graph only
+        proto = onnx.load(str(tmp), load_external_data=False)
+        make_portable(proto)
+        _fill_output_shapes(proto)
         if target != model_opset(model):
-            proto = onnx.load(str(tmp), load_external_data=False)
             proto = convert_opset(proto, target, where=str(out))
-            onnx.save(proto, str(tmp))
+        strip_value_info(proto.graph)  # after conversion: onnx's converter writes value_info too
+        onnx.save(proto, str(tmp))
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as exc:
@@ -332,6 +343,34 @@ def save_onnx(
         with contextlib.suppress(OSError):
             shutil.rmtree(tmpdir)
     return out
+
+
+def _fill_output_shapes(proto: onnx.ModelProto) -> None:
+    """Give graph outputs declared without a shape the one ONNX inference finds (the checker
+    requires a shape on every output; an IR built with ``infer=False`` may lack it)."""
+    missing = [o for o in proto.graph.output if not o.type.tensor_type.HasField("shape")]
+    if not missing:
+        return
+    try:
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(proto).graph.output}
+    except Exception as exc:  # noqa: BLE001 - onnx raises several internal types
+        log.debug("shape inference for graph outputs failed: %s", exc)
+        return
+    for o in missing:
+        got = inferred.get(o.name)
+        if got is not None and got.type.tensor_type.HasField("shape"):
+            o.type.tensor_type.shape.CopyFrom(got.type.tensor_type.shape)
+
+
+def strip_value_info(graph: onnx.GraphProto) -> None:
+    """Drop the ``value_info`` of ``graph`` and of its subgraphs (If/Loop/Scan bodies), in place."""
+    del graph.value_info[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                strip_value_info(attr.g)
+            for g in attr.graphs:
+                strip_value_info(g)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -1,4 +1,9 @@
-"""Session: run an IR model on a backend ("ort" or "torch") and device ("cpu" or "cuda")."""
+"""Session: run an IR model on a backend and device ("cpu" or "cuda").
+
+Backends: ``ort`` (ONNX Runtime), ``torch`` (the IR lowered to torch.fx; trainable),
+``openvino``, ``opencv`` (OpenCV DNN) and ``tract``; the last three are optional extras,
+imported when a session asks for them.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,9 @@ class Backend(ABC):
 _BACKENDS: dict[str, str] = {
     "ort": "portanet.runtime.ort_backend:OrtBackend",
     "torch": "portanet.runtime.torch_backend:TorchBackend",
+    "openvino": "portanet.runtime.openvino_backend:OpenVinoBackend",
+    "opencv": "portanet.runtime.opencv_backend:OpenCvBackend",
+    "tract": "portanet.runtime.tract_backend:TractBackend",
 }
 
 

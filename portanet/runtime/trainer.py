@@ -47,7 +47,15 @@ import numpy as np
 import onnx_ir as ir
 
 from portanet._deps import require
-from portanet.data import ArrayDataset, DataSplits, Layout, Normalizer, load_data, plan_layout
+from portanet.data import (
+    ArrayDataset,
+    DataSplits,
+    Layout,
+    Normalizer,
+    input_normalizer,
+    load_data,
+    plan_layout,
+)
 from portanet.errors import InvalidInputError
 from portanet.ir.io import atomic_write_bytes
 from portanet.ir.metadata import set_json
@@ -266,14 +274,7 @@ class Trainer:
 
     def _normalizer(self, train: ArrayDataset, layout: Layout) -> Normalizer:
         cfg = self.config
-        if cfg.mean is not None and cfg.std is not None:
-            norm = Normalizer(list(cfg.mean), list(cfg.std), Normalizer.scale_for(train.x))
-        elif cfg.normalize:
-            norm = Normalizer.fit(train.x)
-        else:
-            norm = Normalizer.identity(train.x)
-        norm.channel_axis = -1 if layout.rule in ("add-channel-last", "nchw-to-nhwc") else 1
-        return norm
+        return input_normalizer(train.x, layout, mean=cfg.mean, std=cfg.std, normalize=cfg.normalize)
 
     @staticmethod
     def _targets(y: np.ndarray, loss: Loss) -> np.ndarray:

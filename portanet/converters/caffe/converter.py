@@ -75,6 +75,7 @@ def load_deploy(
     deploy = caffe_net.deploy_graph(definition, path=where, stages=set(stages) if stages else None)
     if raw is not None:
         caffe_net.attach_weights(deploy, raw, path=str(weights))
+    caffe_net.infer_data_channels(deploy)
     caffe_net.apply_input_shapes(deploy, options.input_shapes, path=where)
     return deploy, where, str(weights) if weights is not None else None
 
@@ -96,8 +97,17 @@ def _require_topology(raw: Any, path: str) -> None:
 def check_supported(deploy: DeployNet, where: str) -> None:
     """One UnsupportedOpError listing every unsupported layer type, before converting."""
     HANDLERS.check_supported(
-        ((layer.name, layer.type) for layer in deploy.layers if layer.type not in _BUILTIN), path=where
+        ((_described(layer), layer.type) for layer in deploy.layers if layer.type not in _BUILTIN), path=where
     )
+
+
+def _described(layer: Layer) -> str:
+    """The layer's name, and for a ``Python`` layer (custom code run by Caffe's Python
+    interpreter, not portable) the module and class it names."""
+    if layer.type != "Python":
+        return layer.name
+    p = layer.param.python_param
+    return f"{layer.name}: Python module '{p.module or '?'}', class '{p.layer or '?'}'"
 
 
 class _Converter:
@@ -115,6 +125,10 @@ class _Converter:
         #: values that already carry a final name (graph inputs, last writers)
         self.named: set[int] = set()
         self.fcache: dict[Any, ir.Value] = {}
+        #: an input with a symbolic dim past the batch: layers that fold shapes compute them instead
+        self.dynamic_spatial = any(
+            isinstance(d, str) for spec in deploy.inputs for d in (spec.shape or [])[1:]
+        )
 
     # -- analysis -------------------------------------------------------------------------
     def _last_writers(self) -> dict[str, int]:
@@ -220,6 +234,8 @@ class _Converter:
         )
         if fused_bn is not None:
             ctx.extra["bn"] = fused_bn
+        if self.dynamic_spatial:
+            ctx.extra["dynamic_spatial"] = True
         with self.b.layer(layer.name, layer.type):
             return HANDLERS.call(layer.type, layer.name, ctx, path=self.where)
 
@@ -273,4 +289,4 @@ def convert_files(paths: Sequence[Path], options: ConvertOptions) -> ir.Model:
 
 
 #: layer types that cannot convert without a caffemodel
-_WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "PReLU", "Normalize"}
+_WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "PReLU", "Normalize", "BN"}

@@ -7,6 +7,7 @@ Errors a user can cause (empty file, syntax error, truncated binary) become one-
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,11 @@ def read_caffemodel(path: Path) -> Any:
             f"{path}: truncated or corrupt caffemodel ({len(data):,} bytes could not be decoded as a "
             f"Caffe NetParameter: {exc})"
         ) from exc
-    if not net.layer and not net.layers:
+    if not net.layer and not net.layers and not net.ListFields():
         raise InvalidModelError(f"{path}: not a caffemodel (no layers decoded from {len(data):,} bytes)")
+    if not net.layer and not net.layers:
+        # Caffe loads it too: a net without learned parameters (pooling, reshapes) has nothing to store
+        log.info("%s holds no layers: the net has no weights to load", path)
     return net
 
 
@@ -123,11 +127,23 @@ def blob_shape(blob: Any) -> tuple[int, ...]:
 def blob_array(blob: Any, *, where: str = "") -> np.ndarray:
     """A raw-schema BlobProto as a float32 array of its declared shape."""
     shape = blob_shape(blob)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if blob.data:
-        arr = np.frombuffer(blob.data, dtype="<f4")
-    elif blob.double_data:
-        arr = np.frombuffer(blob.double_data, dtype="<f8").astype(np.float32)
+    if any(d < 0 for d in shape):
+        raise InvalidModelError(f"{where}blob declares negative dims {list(shape)}")
+    count = math.prod(shape)  # exact: a corrupt shape must not wrap around int64
+    if math.prod(d for d in shape if d) >= 2**60:
+        raise InvalidModelError(f"{where}blob declares shape {list(shape)}, larger than any array can be")
+    if blob.data or blob.double_data:
+        # packed repeated float/double: the byte length must be a whole number of values
+        raw, size, kind = (blob.data, 4, "float") if blob.data else (blob.double_data, 8, "double")
+        if len(raw) % size:
+            raise InvalidModelError(
+                f"{where}blob holds {len(raw)} bytes of packed {kind} data, not a multiple of {size} (corrupt file)"
+            )
+        if len(raw) // size != count:
+            raise InvalidModelError(
+                f"{where}blob declares shape {list(shape)} ({count} values) but holds {len(raw) // size} values"
+            )
+        arr = np.frombuffer(raw, dtype="<f4" if size == 4 else "<f8").astype(np.float32, copy=False)
     else:
         # not packed (written by a non-Caffe tool): decode through the faithful schema
         full = schema.messages()["BlobProto"].FromString(blob.SerializeToString())

@@ -100,6 +100,25 @@ class CntkGraph:
     output_names: dict[str, str] = field(default_factory=dict)
 
 
+def _int(d: dict[str, Any], key: str, where: str, owner: Any) -> int:
+    """``d[key]`` as an int (0 when absent); a corrupt entry (no value, wrong type) is refused."""
+    v = d.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidModelError(
+            f"{where}: corrupt CNTK model: '{key}' of '{owner}' is {type(v).__name__ if v is not None else 'empty'}, "
+            "expected an integer"
+        )
+    return v
+
+
+def _names(d: dict[str, Any], key: str, where: str, owner: Any) -> list[str]:
+    """``d[key]`` as a list of uids (empty when absent)."""
+    v = d.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InvalidModelError(f"{where}: corrupt CNTK model: '{key}' of '{owner}' is not a list of names")
+    return v
+
+
 def _variable(d: dict[str, Any], where: str) -> Variable:
     if not isinstance(d, dict) or "uid" not in d:
         raise InvalidModelError(f"{where}: corrupt CNTK model: a variable entry has no uid")
@@ -107,7 +126,7 @@ def _variable(d: dict[str, Any], where: str) -> Variable:
     if not isinstance(shape, NDShape):
         raise InvalidModelError(f"{where}: corrupt CNTK model: variable '{d['uid']}' has no shape")
     dims = shape.numpy()
-    kind = int(d.get("kind", 0))
+    kind = _int(d, "kind", where, d["uid"])
     if kind == INPUT and any(x is None for x in dims):
         raise InvalidModelError(
             f"{where}: CNTK input '{d.get('name') or d['uid']}' has a free/inferred dimension {list(shape.dims)}; "
@@ -127,6 +146,13 @@ def _variable(d: dict[str, Any], where: str) -> Variable:
     )
 
 
+def _attributes(d: dict[str, Any], where: str, uid: str) -> dict[str, Any]:
+    attrs = d.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise InvalidModelError(f"{where}: corrupt CNTK model: 'attributes' of '{uid}' is not a dictionary")
+    return attrs
+
+
 def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
     """Resolve a decoded model dictionary (see ``reader.read_model``) into a ``CntkGraph``."""
     variables = {v.uid: v for v in (_variable(d, where) for d in model["inputs"])}
@@ -136,7 +162,7 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
         if not isinstance(d, dict) or "uid" not in d:
             raise InvalidModelError(f"{where}: corrupt CNTK model: a primitive function entry has no uid")
         uid = str(d["uid"])
-        op = int(d.get("op", 0))
+        op = _int(d, "op", where, uid)
         if op not in OP_NAMES:
             raise ConversionError(
                 f"op number {op} is not a CNTK PrimitiveOpType (known: 0-{max(OP_NAMES)}); "
@@ -152,14 +178,14 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
     block_of: dict[str, str] = {}
     for uid in order:
         d = raw[uid]
-        op = int(d.get("op", 0))
-        ins = [str(x) for x in d.get("inputs", [])]
+        op = _int(d, "op", where, uid)
+        ins = _names(d, "inputs", where, uid)
         if op == OP_NUMBERS["Block"]:
             comp = d.get("block_function_composite") or {}
-            root = comp.get("root")
-            keys = d.get("block_function_composite_arguments_map_keys") or []
-            vals = d.get("block_function_composite_arguments_map_values") or []
-            if not root or len(keys) != len(vals):
+            root = comp.get("root") if isinstance(comp, dict) else None
+            keys = _names(d, "block_function_composite_arguments_map_keys", where, uid)
+            vals = _names(d, "block_function_composite_arguments_map_values", where, uid)
+            if not isinstance(root, str) or not root or len(keys) != len(vals):
                 raise InvalidModelError(f"{where}: corrupt CNTK Block '{uid}': missing composite root or argument map")
             for k, v in zip(keys, vals):
                 alias[str(k)] = str(v)
@@ -182,25 +208,25 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
     root = str(model["root"])
     if root not in raw:
         raise InvalidModelError(f"{where}: corrupt CNTK model: root function '{root}' is not in the model")
-    root_op = int(raw[root].get("op", 0))
+    root_op = _int(raw[root], "op", where, root)
     if root_op == OP_NUMBERS["Combine"]:
-        outs = [resolve(str(x)) for x in raw[root].get("inputs", [])]
+        outs = [resolve(x) for x in _names(raw[root], "inputs", where, root)]
     else:
         outs = [resolve(f"{root}_Output_0")]
 
     functions: dict[str, Function] = {}
     for uid in order:
         d = raw[uid]
-        op = int(d.get("op", 0))
+        op = _int(d, "op", where, uid)
         if op in (OP_NUMBERS["Block"], OP_NUMBERS["Combine"]):
             continue
         functions[uid] = Function(
             uid=uid,
             op=op,
             name=str(d.get("name", "") or ""),
-            inputs=[resolve(str(x)) for x in d.get("inputs", [])],
-            attributes=d.get("attributes") or {},
-            version=int(d.get("version", 0)),
+            inputs=[resolve(x) for x in _names(d, "inputs", where, uid)],
+            attributes=_attributes(d, where, uid),
+            version=_int(d, "version", where, uid),
             block_name=block_of.get(uid, ""),
         )
 

@@ -8,7 +8,7 @@ the layout it produced them in (``ctx.set(t, value, perm)``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,19 @@ class KerasContext:
         self._weights: dict[tuple[str, str], ir.Value] = {}
         #: source layer name -> layout of the last value produced under its provenance
         self.layer_perms: dict[str, layout.Perm] = {}
+        #: id(keras tensor) -> fn computing its value on first use (masks no consumer may need)
+        self._deferred: dict[int, Callable[[], None]] = {}
         #: the graph node being converted (raw keras.ops handlers read its call arguments)
         self.node: Any = None
 
     # -- tensors --------------------------------------------------------------------------
     def has(self, tensor: Any) -> bool:
-        return id(tensor) in self._values
+        return id(tensor) in self._values or id(tensor) in self._deferred
+
+    def defer(self, tensor: Any, compute: Callable[[], None]) -> None:
+        """``compute()`` records ``tensor``'s value (with ``set``) when a consumer first asks for it."""
+        self._keep.append(tensor)
+        self._deferred[id(tensor)] = compute
 
     def set(self, tensor: Any, value: ir.Value, perm: Sequence[int] | None = None) -> None:
         """Record ``value`` as the IR value of Keras ``tensor``, held with ``perm``."""
@@ -70,6 +77,9 @@ class KerasContext:
         return next(iter(self._entry(tensor)))
 
     def _entry(self, tensor: Any) -> dict[layout.Perm, ir.Value]:
+        compute = self._deferred.pop(id(tensor), None)
+        if compute is not None:
+            compute()
         try:
             return self._values[id(tensor)]
         except KeyError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -73,8 +74,14 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
-def check_file(path: Path) -> None:
-    """Validate the container format and list unsupported layers before loading any code."""
+def _lambda_layers(config: Any) -> list[str]:
+    return [name for name, cls in _iter_layer_configs(config) if cls == "Lambda"]
+
+
+def check_file(path: Path, *, trust_code: bool = False) -> None:
+    """Validate the container format, list unsupported raw ops and refuse Lambda layers
+    without ``trust_code``, all before loading any code. (Layer classes without a handler
+    are traced once loaded, so they are not refused here.)"""
     from portanet.converters.keras.ops import HANDLERS
 
     if path.stat().st_size == 0:
@@ -93,19 +100,36 @@ def check_file(path: Path) -> None:
                                 f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from exc
     if config is None:
         raise InvalidModelError(f"{path}: HDF5 file holds weights only (no model_config); save the whole model")
-    HANDLERS.check_supported(_iter_layer_configs(config), path=str(path))
+    HANDLERS.check_supported([(n, t) for n, t in _iter_layer_configs(config) if t.startswith("ops.")],
+                             path=str(path))
+    lambdas = _lambda_layers(config)
+    if lambdas and not trust_code:
+        raise InvalidModelError(f"{path}: Lambda layer(s) {', '.join(lambdas)} hold Python code that runs when "
+                                "the model is loaded; pass --trust-code (trust_code=True) if you trust this file")
 
 
-def load_keras_file(path: Path) -> Any:
-    """Load a .keras/.h5 model (safe mode, not compiled) with one-line errors."""
+_MISSING_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
+
+
+def load_keras_file(path: Path, *, trust_code: bool | None = None) -> Any:
+    """Load a .keras/.h5 model (not compiled; safe mode unless ``trust_code``, by default the
+    process-wide ``--trust-code``) with one-line errors."""
+    from portanet.converters.plugins import code_trusted
+
+    trust_code = code_trusted() if trust_code is None else trust_code
     _quiet_tf()
-    check_file(path)
+    check_file(path, trust_code=trust_code)
     from portanet._deps import require
 
     keras = require("keras")
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        return keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
+        missing = _MISSING_CLASS.search(str(exc))
+        if missing:
+            raise InvalidModelError(f"{path}: class '{missing.group(1)}' is not registered with Keras; pass "
+                                    "--import MODULE (the module defining it with "
+                                    "@keras.saving.register_keras_serializable) or put it on PYTHONPATH") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(f"{path}: Keras cannot load the model ({type(exc).__name__}: {first})") from exc
 
@@ -126,6 +150,35 @@ def is_tf_function(obj: Any) -> bool:
     return isinstance(obj, tf.types.experimental.GenericFunction | tf.types.experimental.ConcreteFunction)
 
 
+def convert_keras_model(model: Any, options: ConvertOptions, *, source_files: Sequence[Any] = (),
+                        path: str | None = None) -> ir.Model:
+    """A Functional/Sequential model layer by layer; a subclassed model is first traced into
+    a Functional one (``trace.py``) on the input shapes given by ``--input-shape``,
+    ``example_inputs`` or its build shapes, falling back to tf2onnx where tracing fails."""
+    import keras
+
+    from portanet.converters.keras.graph import convert_model, has_layer_graph
+
+    if has_layer_graph(model) or isinstance(model, keras.Sequential):  # an unbuilt Sequential says so
+        return convert_model(model, options, source_files=source_files, path=path)
+    from portanet.converters.keras.trace import TraceError, subclassed_input_specs, trace_model
+
+    specs = subclassed_input_specs(model, options, path)
+    try:
+        functional = trace_model(model, specs)
+    except TraceError as exc:
+        if options.example_inputs is None:
+            raise ConversionError(f"subclassed model '{model.name}' ({type(model).__name__}): {exc}",
+                                  framework="keras", path=path) from exc
+        # a call that leaves keras.ops: trace it as a TensorFlow graph instead
+        from portanet.converters.keras.tf_graph import convert_function, keras_call_function
+
+        return convert_function(keras_call_function(model), options)
+    # outputs named like tf2onnx names a subclassed model's outputs (what the reference runner expects)
+    names = [f"output_{i}" for i in range(len(functional.outputs))]
+    return convert_model(functional, options, source_files=source_files, path=path, graph_output_names=names)
+
+
 @register_importer
 class KerasImporter(Importer):
     name = "keras"
@@ -142,8 +195,11 @@ class KerasImporter(Importer):
         if _head(path) == HDF5_MAGIC:
             return True
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
+            try:
+                with zipfile.ZipFile(path) as z:
+                    names = set(z.namelist())
+            except (zipfile.BadZipFile, OSError, ValueError):  # a corrupt archive is not a .keras file
+                return False
             return "config.json" in names and "model.weights.h5" in names
         return False
 
@@ -159,10 +215,8 @@ class KerasImporter(Importer):
             from portanet.converters.keras.tf_graph import convert_saved_model
 
             return convert_saved_model(path, options)
-        from portanet.converters.keras.graph import convert_model
-
-        model = load_keras_file(path)
-        return convert_model(model, options, source_files=[path], path=str(path))
+        model = load_keras_file(path, trust_code=bool(options.extra.get("trust_code")) or None)
+        return convert_keras_model(model, options, source_files=[path], path=str(path))
 
     def accepts_object(self, obj: Any) -> bool:
         return is_keras_model(obj) or is_tf_function(obj)
@@ -170,14 +224,7 @@ class KerasImporter(Importer):
     def convert_object(self, obj: Any, options: ConvertOptions) -> ir.Model:
         _quiet_tf()
         if is_keras_model(obj):
-            from portanet.converters.keras.graph import convert_model, has_layer_graph
-
-            if not has_layer_graph(obj) and options.example_inputs is not None:
-                # a subclassed model has no layer graph to walk: trace it as a TensorFlow graph
-                from portanet.converters.keras.tf_graph import convert_function, keras_call_function
-
-                return convert_function(keras_call_function(obj), options)
-            return convert_model(obj, options)
+            return convert_keras_model(obj, options)
         if is_tf_function(obj):
             from portanet.converters.keras.tf_graph import convert_function
 

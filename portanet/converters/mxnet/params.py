@@ -24,6 +24,7 @@ the file before anything is allocated, so a truncated or corrupt file fails with
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -220,7 +221,12 @@ def _read_record(r: _Reader, index: int) -> tuple[np.ndarray | None, str]:
             "(bfloat16 is not supported)"
         )
     dtype = DTYPES[flag]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    # exact integer arithmetic: a corrupt shape must not wrap around int64 (numpy's prod does)
+    count = math.prod(shape)
+    if math.prod(d for d in shape if d) * dtype.itemsize >= 2**62:
+        raise InvalidModelError(
+            f"{r.where}: corrupt .params file: {what} declares shape {shape}, larger than any array can be"
+        )
     nbytes = count * dtype.itemsize
     raw = r.take(nbytes, f"{what} data ({shape} {dtype.name})")
     arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)

@@ -52,9 +52,10 @@ class Attrs(dict):
                 raise ConversionError(f"attribute '{key}' is required but absent")
             return default
         try:
-            return int(float(v)) if re.fullmatch(r"-?\d+(\.0*)?", v) else int(v)
-        except ValueError as exc:
+            out = int(float(v)) if re.fullmatch(r"-?\d+(\.0*)?", v) else int(v)
+        except (ValueError, OverflowError) as exc:
             raise ConversionError(f"attribute '{key}' must be an integer, received '{v}'") from exc
+        return _int64(out, key, v)
 
     def float(self, key: str, default: Any = _MISSING) -> Any:
         v = self._raw(key)
@@ -88,6 +89,16 @@ class Attrs(dict):
         return parse_tuple(v, key)
 
 
+#: MXNet parses integer parameters into (at most) 64-bit integers and rejects larger values
+_INT64 = 2**63
+
+
+def _int64(value: int, key: str, text: str) -> int:
+    if not -_INT64 <= value < _INT64:
+        raise ConversionError(f"attribute '{key}' is out of the 64-bit integer range: '{text}'")
+    return value
+
+
 def parse_tuple(text: str, key: str = "value") -> tuple[Any, ...]:
     body = text.strip().strip("()[]")
     out: list[Any] = []
@@ -99,7 +110,7 @@ def parse_tuple(text: str, key: str = "value") -> tuple[Any, ...]:
             out.append(None)
             continue
         try:
-            out.append(int(part))
+            out.append(_int64(int(part), key, text))
         except ValueError:
             try:
                 out.append(float(part))
@@ -211,7 +222,8 @@ def parse_symbol(text: str | bytes, path: str = "<symbol>") -> MxSymbol:
         if not 0 <= src < len(raw_nodes):
             raise InvalidModelError(f"{path}: graph output references node {src}, which does not exist")
     version = None
-    ver = (doc.get("attrs") or {}).get("mxnet_version")
+    top_attrs = doc.get("attrs")
+    ver = top_attrs.get("mxnet_version") if isinstance(top_attrs, dict) else None
     if isinstance(ver, list) and len(ver) == 2:
         try:
             version = int(ver[1])

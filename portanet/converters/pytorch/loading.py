@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -17,7 +18,7 @@ import pickle
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,38 @@ def load_source(path: Path, options: ConvertOptions) -> Any:
     require("torch")
     if path.stat().st_size == 0:
         raise InvalidModelError(f"{path}: empty file")
-    names = _zip_names(path)
     if path.suffix.lower() == ".pt2":
         return load_pt2(path)
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    if is_torchscript(path):
         return load_torchscript(path, options)
     return load_saved(path, options)
+
+
+def is_torchscript(path: Path) -> bool:
+    """A ``torch.jit.save`` archive, whatever its suffix (``.pt``, ``.jit``, ...): a zip with
+    TorchScript's ``<name>/constants.pkl`` or ``<name>/code/`` entries."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in _zip_names(path))
+
+
+#: torch loggers that report a broken archive with a full traceback before raising
+_TORCH_LOADERS = ("torch.export", "torch._export", "torch.jit", "torch._dynamo", "torch.fx")
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch's own logs and warnings while a file loads: a broken archive is reported once,
+    as portanet's one-line error, not as torch's traceback and compiler excerpts before it."""
+    loggers = [logging.getLogger(n) for n in _TORCH_LOADERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def load_pt2(path: Path) -> Any:
@@ -63,36 +90,23 @@ def load_pt2(path: Path) -> Any:
         raise InvalidModelError(f"{path}: not a torch.export .pt2 archive (not a zip file); "
                                 "write one with torch.export.save(torch.export.export(model, args), path)")
     try:
-        with warnings.catch_warnings():  # torch warns about its own deprecated pytree classes
-            warnings.simplefilter("ignore")
+        with _quiet_torch():  # torch warns about its own deprecated pytree classes, logs broken archives
             return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise InvalidModelError(f"{path}: not a readable torch.export .pt2 archive ({_first_line(exc)})") from exc
 
 
 def load_torchscript(path: Path, options: ConvertOptions) -> Any:
-    """TorchScript -> ExportedProgram through torch's converter (needs an example input)."""
+    """A TorchScript archive as a ``ScriptModule`` in eval mode (the exporter picks the route,
+    see ``torchscript.export_scripted``)."""
     import torch
 
     try:
-        script = torch.jit.load(str(path), map_location="cpu")
+        with _quiet_torch():
+            script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InvalidModelError(f"{path}: not a readable TorchScript archive ({_first_line(exc)})") from exc
-    script.eval()
-    from portanet.converters.pytorch.exporter import example_inputs_for
-
-    args = example_inputs_for(None, options, where=str(path))
-    try:
-        from torch._export.converter import TS2EPConverter
-
-        return TS2EPConverter(script, args).convert()
-    except Exception as exc:  # noqa: BLE001
-        raise ConversionError(
-            f"torch cannot convert this TorchScript model to an ExportedProgram ({_first_line(exc)}); "
-            "export the original nn.Module with torch.export.save(torch.export.export(model, args), 'model.pt2') "
-            "and convert the .pt2",
-            framework=FRAMEWORK, path=str(path),
-        ) from exc
+    return script.eval()
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, Any] | None:

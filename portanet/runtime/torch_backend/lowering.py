@@ -77,6 +77,9 @@ class LowerCtx:
         self.graph = graph
         self.root = root
         self.opset = opset
+        #: IR value -> reference, for the graph being lowered (outer-scope values of a
+        #: subgraph are looked up here by the subgraph's lowering)
+        self.env: dict[ir.Value, Ref] = {}
         self._lifted: dict[int, fx.Node] = {}
         self._keep: list[torch.Tensor] = []  # keeps id()s of lifted constants unique
         self._names: set[str] = set(dir(fx.GraphModule))
@@ -163,6 +166,27 @@ class LowerCtx:
         self.root.add_module(name, mod)
         return self.graph.call_module(name, self._to_graph_arg(args))
 
+    # -- subgraphs (If / Loop / Scan bodies) ----------------------------------------------
+    def subgraph(self, graph: ir.Graph) -> tuple[Subgraph, list[Ref]]:
+        """Lower ``graph`` (a node attribute) into a callable module.
+
+        Returns the module and the references of the outer-scope values it captures: call it
+        as ``module(*formal_inputs, *captured)``; it returns a tuple of the graph's outputs.
+        Constants of the enclosing scopes are folded into the subgraph; run-time values
+        (and parameters, so that they keep receiving gradients) are passed in.
+        """
+        return lower_subgraph(self, graph)
+
+    def inline(self, graph: ir.Graph) -> list[Ref]:
+        """Lower the nodes of an input-less subgraph straight into this graph (an ``If``
+        whose condition is known while lowering); returns the references of its outputs."""
+        if len(graph.inputs):
+            raise ConversionError(f"cannot inline a subgraph with {len(graph.inputs)} inputs")
+        for value in graph.initializers.values():
+            self.env[value] = to_torch(value.const_value.numpy())
+        lower_nodes(self, graph)
+        return [self.env[v] for v in graph.outputs]
+
     def unpack(self, ref: Ref, n: int) -> list[Ref]:
         """Split a multi-output result (tuple constant or fx node) into ``n`` references."""
         if isinstance(ref, tuple | list):
@@ -207,7 +231,7 @@ def _is_initializer(v: ir.Value | None) -> bool:
 def _classify(graph: ir.Graph) -> dict[str, str]:
     """IR initializer name -> "param" | "buffer" | "const"."""
     uses: dict[str, list[tuple[str, int]]] = {}
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):  # uses inside subgraphs count too
         for i, v in enumerate(node.inputs):
             if _is_initializer(v):
                 uses.setdefault(v.name or "", []).append((node.op_type, i))
@@ -235,7 +259,7 @@ def _classify(graph: ir.Graph) -> dict[str, str]:
 
 def _check_supported(graph: ir.Graph, path: str | None = None) -> None:
     missing: dict[str, list[str]] = {}
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         if node.domain not in ("", "ai.onnx") or lookup(node.op_type) is None:
             missing.setdefault(key, []).append(node.name or node.op_type)
@@ -257,7 +281,7 @@ def lower_graph(model: ir.Model) -> TorchModule:
     root = nn.Module()
     fgraph = fx.Graph()
     ctx = LowerCtx(fgraph, root, opset)
-    env: dict[ir.Value, Ref] = {}
+    env = ctx.env
     inits = set(graph.initializers)
 
     input_names: list[str] = []
@@ -285,6 +309,24 @@ def lower_graph(model: ir.Model) -> TorchModule:
         param_ir_names[tname] = name
         env[value] = fgraph.get_attr(tname)
 
+    lower_nodes(ctx, graph)
+
+    results = []
+    for v in graph.outputs:
+        r = env[v]
+        results.append(ctx.lift(r, "out") if isinstance(r, torch.Tensor) else r)
+    fgraph.output(results[0] if len(results) == 1 else tuple(results))
+    gm = fx.GraphModule(root, fgraph, class_name="PortanetGraph")
+    log.debug(
+        "lowered %d IR nodes to %d fx nodes; %d parameters/buffers",
+        len(graph), len(fgraph.nodes), len(param_ir_names),
+    )
+    return TorchModule(gm, input_names, [v.name or "" for v in graph.outputs], param_ir_names)
+
+
+def lower_nodes(ctx: LowerCtx, graph: ir.Graph) -> None:
+    """Lower every node of ``graph`` into ``ctx`` (its inputs must already be in ctx.env)."""
+    env = ctx.env
     for node in graph:
         entry = lookup(node.op_type)
         assert entry is not None
@@ -307,14 +349,84 @@ def lower_graph(model: ir.Model) -> TorchModule:
         for v, r in zip(node.outputs, outs):
             env[v] = r
 
+
+# -- subgraphs ------------------------------------------------------------------------------
+class Subgraph(nn.Module):
+    """A lowered ONNX subgraph: ``forward(*formal_inputs, *captured)`` -> tuple of outputs.
+
+    Its lifted constants and nested subgraphs are submodules, so ``.to(device)`` and
+    ``train()`` / ``eval()`` reach them through the enclosing module."""
+
+    def __init__(self, graph_module: fx.GraphModule, n_inputs: int, n_outputs: int) -> None:
+        super().__init__()
+        self.gm = graph_module
+        self.n_inputs = n_inputs
+        self.n_outputs = n_outputs
+
+    def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        return self.gm(*args)
+
+    def extra_repr(self) -> str:
+        return f"inputs={self.n_inputs}, outputs={self.n_outputs}"
+
+
+def free_values(graph: ir.Graph) -> list[ir.Value]:
+    """Values ``graph`` (or a subgraph nested in it) reads from enclosing scopes, in order
+    of first use."""
+    defined: set[ir.Value] = set(graph.inputs) | set(graph.initializers.values())
+    for node in graph:
+        defined.update(node.outputs)
+    free: dict[ir.Value, None] = {}
+
+    def want(v: ir.Value | None) -> None:
+        if v is not None and v.name != "" and v not in defined:
+            free.setdefault(v, None)
+
+    for node in graph:
+        for v in node.inputs:
+            want(v)
+        for a in node.attributes.values():
+            for sub in _graphs_of(a):
+                for v in free_values(sub):
+                    want(v)
+    for v in graph.outputs:
+        want(v)
+    return list(free)
+
+
+def _graphs_of(a: ir.Attr) -> list[ir.Graph]:
+    if a.type == ir.AttributeType.GRAPH:
+        return [a.value]
+    if a.type == ir.AttributeType.GRAPHS:
+        return list(a.value)
+    return []
+
+
+def lower_subgraph(ctx: LowerCtx, graph: ir.Graph) -> tuple[Subgraph, list[Ref]]:
+    """See ``LowerCtx.subgraph``."""
+    root = nn.Module()
+    fgraph = fx.Graph()
+    sub = LowerCtx(fgraph, root, ctx.opset)
+    for v in graph.inputs:
+        sub.env[v] = fgraph.placeholder(sub.unique_name(f"in_{v.name}"))
+    captured: list[Ref] = []
+    for v in free_values(graph):
+        if v not in ctx.env:
+            raise ConversionError(f"subgraph '{graph.name}' reads '{v.name}', which no enclosing graph defines")
+        ref = ctx.env[v]
+        if isinstance(ref, fx.Node):
+            sub.env[v] = fgraph.placeholder(sub.unique_name(f"outer_{v.name}"))
+            captured.append(ref)
+        else:  # a constant (or an omitted optional value): folded into the subgraph
+            sub.env[v] = ref
+    for value in graph.initializers.values():
+        sub.env[value] = to_torch(value.const_value.numpy())
+    lower_nodes(sub, graph)
     results = []
     for v in graph.outputs:
-        r = env[v]
-        results.append(ctx.lift(r, "out") if isinstance(r, torch.Tensor) else r)
-    fgraph.output(results[0] if len(results) == 1 else tuple(results))
-    gm = fx.GraphModule(root, fgraph, class_name="PortanetGraph")
-    log.debug(
-        "lowered %d IR nodes to %d fx nodes; %d parameters/buffers",
-        len(graph), len(fgraph.nodes), len(param_ir_names),
-    )
-    return TorchModule(gm, input_names, [v.name or "" for v in graph.outputs], param_ir_names)
+        r = sub.env[v]
+        results.append(sub.lift(r, "out") if isinstance(r, torch.Tensor) else r)
+    fgraph.output(tuple(results))
+    gm = fx.GraphModule(root, fgraph, class_name="PortanetSubgraph")
+    module = Subgraph(gm, len(graph.inputs), len(graph.outputs))
+    return module, captured

@@ -90,17 +90,21 @@ def test_unsupported_layers_listed_together_before_converting(tmp_path):
         'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
         'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
         "convolution_param { num_output: 4 kernel_size: 3 } }\n"
-        'layer { name: "prior1" type: "PriorBox" bottom: "conv" bottom: "data" top: "prior1" }\n'
-        'layer { name: "prior2" type: "PriorBox" bottom: "conv" bottom: "data" top: "prior2" }\n'
-        'layer { name: "py" type: "Python" bottom: "conv" top: "py" }\n'
-        'layer { name: "det" type: "DetectionOutput" bottom: "prior1" bottom: "prior2" top: "det" }\n'
+        'layer { name: "ps1" type: "PSROIPooling" bottom: "conv" bottom: "data" top: "ps1" }\n'
+        'layer { name: "ps2" type: "PSROIPooling" bottom: "conv" bottom: "data" top: "ps2" }\n'
+        'layer { name: "py" type: "Python" bottom: "conv" top: "py" '
+        'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+        'layer { name: "prop" type: "Proposal" bottom: "ps1" bottom: "ps2" top: "prop" }\n'
     )
     with pytest.raises(UnsupportedOpError) as info:
         convert_paths([proto])
     err = info.value
-    assert err.unsupported == {"PriorBox": ["prior1", "prior2"], "Python": ["py"], "DetectionOutput": ["det"]}
+    assert set(err.unsupported) == {"PSROIPooling", "Python", "Proposal"}
+    assert err.unsupported["PSROIPooling"] == ["ps1", "ps2"] and err.unsupported["Proposal"] == ["prop"]
     msg = _one_line(err)
-    assert "4 unsupported layer(s) of 3 type(s)" in msg and "PriorBox x2 (prior1, prior2)" in msg
+    assert "4 unsupported layer(s) of 3 type(s)" in msg and "PSROIPooling x2 (ps1, ps2)" in msg
+    # a Python layer is custom code: the message names its module and class
+    assert "py: Python module 'rpn.proposal_layer', class 'ProposalLayer'" in msg
 
 
 def test_missing_weights(zoo):

@@ -33,7 +33,16 @@ class Case:
 
 
 def _op_types(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in model.graph.node}
+    """Op types of the model's graph and of every subgraph (If/Loop/Scan bodies) in it."""
+    types: set[str] = set()
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            types.add(n.op_type)
+            for a in n.attribute:
+                graphs.extend([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+    return types
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,9 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"^test_identity_(sequence|opt)$", "sequence/optional types are not tensors; not supported by the backend"),
     (r"^test_averagepool_2d_ceil_last_window_starts_on_pad$",
      "the generator's expected values are hand-rounded to 4 decimals (0.2841 vs exact 0.28404)"),
+    (r"^test_roialign_aligned_(true|false)$",
+     "the generator's expected values are written to 4 decimals (checked at that precision in "
+     "test_torch_detection_ops)"),
     (r"^test_attention_\w+_(fp16|bf16)_expanded$",
      "fp16/bf16 attention: summation order in reduced precision differs from numpy's beyond 1 ulp"),
 ]

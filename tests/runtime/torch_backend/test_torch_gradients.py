@@ -235,8 +235,80 @@ def test_gradient_matches_finite_differences(case) -> None:
     assert torch.autograd.gradcheck(lambda *xs: module(*xs), tuple(feeds), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+# -- control flow: whole float64 models, the subgraphs reading outer-scope values -------------
+def _vi(name: str, elem: int = TensorProto.DOUBLE, shape=None):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _if_case():
+    """y = if sum(x) > 0: then [nested If on sum(w*x) > 0: tanh(x*w) | x*x] else exp(x) * w."""
+    inner_t = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["xw"]), helper.make_node("Tanh", ["xw"], ["a"])],
+                                "it", [], [_vi("a")])
+    inner_e = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["b"])], "ie", [], [_vi("b")])
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["p"]), helper.make_node("ReduceSum", ["p"], ["ps"], keepdims=0),
+         helper.make_node("Greater", ["ps", "zero"], ["pc"]),
+         helper.make_node("If", ["pc"], ["t"], then_branch=inner_t, else_branch=inner_e)],
+        "then", [], [_vi("t")],
+    )
+    else_g = helper.make_graph([helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Mul", ["e", "w"], ["f"])],
+                               "else", [], [_vi("f")])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    inits = [numpy_helper.from_array(np.array(0.0), "zero")]
+    return nodes, [("x", (2, 3)), ("w", (2, 3))], inits
+
+
+def _loop_case():
+    """4 iterations of h <- tanh(h * w + x) carried, every h scanned out."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["h_in", "w"], ["hw"]), helper.make_node("Add", ["hw", "x"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["h_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [_vi("i", TensorProto.INT64, []), _vi("cond_in", TensorProto.BOOL, []), _vi("h_in")],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("h_out"), _vi("h_out")],
+    )
+    nodes = [helper.make_node("Loop", ["M", "", "h0"], ["h", "hs"], body=body),
+             helper.make_node("ReduceSumSquare", ["hs"], ["q"], keepdims=0),
+             helper.make_node("Add", ["h", "q"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(4, dtype=I64), "M")]
+    return nodes, [("x", (1, 3)), ("w", (1, 3)), ("h0", (1, 3))], inits
+
+
+def _scan_case():
+    """acc <- acc * w + a_t over the rows of a, read in reverse; every acc scanned out."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["acc_in", "w"], ["m"]), helper.make_node("Add", ["m", "a"], ["acc_out"]),
+         helper.make_node("Sin", ["acc_out"], ["o"])],
+        "body", [_vi("acc_in"), _vi("a")], [_vi("acc_out"), _vi("o")],
+    )
+    nodes = [helper.make_node("Scan", ["acc0", "a"], ["acc", "os"], body=body, num_scan_inputs=1,
+                              scan_input_directions=[1]),
+             helper.make_node("Unsqueeze", ["acc", "ax0"], ["acc2"]),
+             helper.make_node("Concat", ["acc2", "os"], ["y"], axis=0)]
+    inits = [numpy_helper.from_array(np.array([0], dtype=I64), "ax0")]
+    return nodes, [("acc0", (3,)), ("a", (4, 3)), ("w", (3,))], inits
+
+
+SUBGRAPH_CASES = {"If": _if_case, "Loop": _loop_case, "Scan": _scan_case}
+
+
+@pytest.mark.parametrize("op", sorted(SUBGRAPH_CASES))
+def test_control_flow_gradient_matches_finite_differences(op: str) -> None:
+    nodes, inputs, inits = SUBGRAPH_CASES[op]()
+    graph = helper.make_graph(nodes, op, [_vi(n, shape=list(sh)) for n, sh in inputs], [_vi("y")], initializer=inits)
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    module = lower(model).eval()
+    rng = np.random.default_rng(5)
+    for sign in (1.0, -1.0):  # If: both branches (the sign of sum(x) picks one)
+        feeds = []
+        for name, shape in inputs:
+            v = rng.uniform(0.2, 1.0, shape) * (sign if name == "x" else 1.0)
+            feeds.append(torch.from_numpy(v).requires_grad_(True))
+        assert torch.autograd.gradcheck(lambda *xs: module(*xs), tuple(feeds), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
 def test_every_supported_op_is_gradient_checked_or_not_differentiable() -> None:
-    checked = {c[1] for c in CASES}
+    checked = {c[1] for c in CASES} | set(SUBGRAPH_CASES)
     missing = set(supported_ops()) - checked - NOT_DIFFERENTIABLE
     assert not missing, sorted(missing)
 

@@ -6,6 +6,7 @@ Keras tensors; the handler emits IR through ``ctx`` and records every output ten
 
 from portanet.converters.keras.ops import (  # noqa: F401  (imported for registration)
     activations,
+    attention,
     conv,
     core,
     keras_ops,
@@ -13,7 +14,9 @@ from portanet.converters.keras.ops import (  # noqa: F401  (imported for registr
     norm,
     pooling,
     preprocessing,
+    recurrent,
     reshape,
+    sequence,
 )
 from portanet.converters.keras.ops._table import HANDLERS
 

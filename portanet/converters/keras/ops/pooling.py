@@ -41,6 +41,10 @@ _GLOBAL = {
 
 @HANDLERS.register(*_GLOBAL)
 def global_pool(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
+    from portanet.converters.keras.ops.sequence import masked_average_1d
+
+    if type(layer).__name__ == "GlobalAveragePooling1D" and masked_average_1d(ctx, layer, inputs, outputs):
+        return
     rank = len(inputs[0].shape)
     perm = layout.for_data_format(layer.data_format, rank)
     x = ctx.get(inputs[0], perm)

@@ -14,6 +14,7 @@ from portanet.converters.mxnet.handlers import (  # noqa: E402,F401
     elementwise,
     nn,
     reduce,
+    rnn,
     shape,
 )
 

@@ -1,0 +1,1 @@
+"""IR -> readable PyTorch code (see ``writer``)."""

@@ -1,0 +1,1 @@
+"""PyTorch emitters, one module per op family; each registers with ``writer.emitter``."""
