@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for mod in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
             del sys.modules[mod]
 
+    # a Caffe net with a layer type of the user's (the README's plugin example): LeNet + AddOne
+    (ws / "net.prototxt").write_text(prototxt.read_text().replace(
+        'layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }',
+        'layer { name: "shift" type: "AddOne" bottom: "ip2" top: "shift" }'))
+    (ws / "my_layers.py").write_text(_python_block_after("### Your own layers: plugins"))
+    _keras_user_files(ws)
+
     # Keras: the case-study CNN as .keras and as a SavedModel
     from model_zoo.keras.models import build as keras_build
     from model_zoo.keras.models import save_model
@@ -180,6 +188,79 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in ("resnet-0000.params", "resnet-0010.params", "other.params"):
             shutil.copy(refs / "resnet18_v1-0000.params", ws / name)
     return ws
+
+
+_USER_MODULES = {
+    "layers.py": """\
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="my_pkg")
+class Gate(keras.layers.Layer):
+    def build(self, shape):
+        self.g = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="g")
+
+    def call(self, x):
+        return x * ops.sigmoid(self.g)
+""",
+    "models.py": """\
+import keras
+from keras import ops
+
+from my_pkg.layers import Gate
+
+
+@keras.saving.register_keras_serializable(package="my_pkg")
+class Net(keras.Model):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
+        self.gate = Gate(name="gate")
+
+    def call(self, x):
+        return ops.mean(self.gate(self.conv(x)), axis=[1, 2])
+""",
+}
+
+
+def _keras_user_files(ws: Path) -> None:
+    """The README's user package ``my_pkg`` (a custom layer, a subclassed model) and the files
+    it names: custom.keras, subclassed.keras and lambdas.keras (saved in a child process, so the
+    classes are registered only where --import registers them)."""
+    pkg = ws / "my_pkg"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    for name, text in _USER_MODULES.items():
+        (pkg / name).write_text(text)
+    script = """\
+import keras
+import numpy as np
+from my_pkg.layers import Gate
+from my_pkg.models import Net
+
+keras.utils.set_random_seed(0)
+i = keras.Input((32, 32, 3), name="x")
+keras.Model(i, Gate(name="gate")(keras.layers.Conv2D(4, 3, name="conv")(i))).save("custom.keras")
+net = Net()
+net(np.zeros((1, 32, 32, 3), np.float32))
+net.save("subclassed.keras")
+j = keras.Input((8,), name="x")
+keras.Model(j, keras.layers.Lambda(lambda t: t * 2.0, name="double")(keras.layers.Dense(4, name="fc")(j))).save(
+    "lambdas.keras")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ws)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ws, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _python_block_after(heading: str) -> str:
+    """The first python block after ``heading`` in the README (the plugin file it describes)."""
+    text = README.read_text()
+    start = text.index(heading)
+    block = next(b for b in readme_blocks() if b.lang == "python" and text.count("\n", 0, start) < b.line)
+    return block.body
 
 
 def _check_runnable(cmd: str, ws: Path) -> None:
@@ -199,14 +280,17 @@ def test_readme_block(block: Block, workspace: Path, monkeypatch: pytest.MonkeyP
     if skip:
         pytest.skip(f"README {block.id}: {skip}")
     monkeypatch.chdir(workspace)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(workspace), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(workspace))  # the user's packages (mypkg, my_pkg) import from here
     if block.lang == "python":
+        # its own process: a snippet may register plugins or set global state
         code = block.body
         prelude = _directive(block, "prelude")
         if prelude:
             code = prelude + "\n" + code
-        monkeypatch.syspath_prepend(str(REPO))
-        exec(compile(code, f"README.md:{block.line}", "exec"), {"__name__": "__readme__"})
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workspace), str(REPO)])}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=workspace, env=env, capture_output=True,
+                              text=True, timeout=1200)
+        assert proc.returncode == 0, f"README.md:{block.line}:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
         return
     expect = int(_directive(block, "exit") or 0)
     ran = 0
