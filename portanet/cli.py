@@ -171,6 +171,10 @@ def convert(sources: tuple[Path, ...], output: Path, framework: str | None, opse
         prototxt=prototxt, weights=weights, params=params, epoch=epoch,
         model_class=model_class, trust_pickle=trust_pickle, nchw=nchw,
     )
+    if not do_verify and srcs and all(Path(p).suffix.lower() in (".keras", ".h5", ".hdf5") for p in srcs):
+        from portanet.converters.keras.importer import use_light_backend
+
+        use_light_backend(srcs)  # a Keras file converts without importing TensorFlow
     if opset is not None and not 13 <= opset <= 21:
         raise InvalidInputError(f"--opset {opset} is outside the supported range 13-21")
     with console().status("converting ..."):
@@ -312,7 +316,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
     con.print(ops)
     p = info["parameters"]
     con.print(f"parameters: {p['trainable']:,} trainable in {p['tensors']} tensors, "
-              f"{p['buffers']:,} buffer values, {p['bytes']:,} bytes of initializers")
+              f"{p['buffers']:,} buffer values, " + (f"{p['frozen']:,} frozen in {p['frozen_tensors']} tensors, "
+              if p.get("frozen") else "") + f"{p['bytes']:,} bytes of initializers")
     prov = info["provenance"]
     con.print(f"provenance: {prov['nodes_with_provenance']}/{prov['nodes']} nodes from "
               f"{prov['source_layers']} source layers")

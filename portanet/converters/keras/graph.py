@@ -18,6 +18,7 @@ import onnx_ir as ir
 from portanet.converters.keras import layout, masking
 from portanet.converters.keras.context import KerasContext, static_shape
 from portanet.converters.keras.ops import HANDLERS
+from portanet.converters.keras.trace import TfTrace, splice_tf_trace
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError
 from portanet.ir.builder import BATCH, GraphBuilder
@@ -108,7 +109,14 @@ class Traces:
         try:
             return trace_node(node)
         except TraceError as exc:
-            self.failures[kind] = str(exc)
+            first = exc
+        try:
+            # a call that leaves keras.ops (raw tf.* functions): through TensorFlow and tf2onnx
+            from portanet.converters.keras.trace import trace_node_tf
+
+            return trace_node_tf(node)
+        except TraceError as exc:
+            self.failures[kind] = f"{first}; {exc}"
             return None
 
 
@@ -122,6 +130,8 @@ def collect_layers(model: Any, traces: Traces | None = None) -> list[tuple[str, 
         if layer_type(op) == "InputLayer" or id(node) in skip:
             continue
         trace = traces.get(node)
+        if isinstance(trace, TfTrace):
+            continue  # standard ONNX ops only (checked when traced)
         if trace is not None:
             out.extend(collect_layers(trace.model, traces))
         elif is_model(op) and has_layer_graph(op):
@@ -208,6 +218,10 @@ def _walk_traced(ctx: KerasContext, node: Any, trace: Any, path: str | None, tra
     the layer's first output is the last value carrying it (what bisection compares)."""
     op = node.operation
     src = source or (op.name, layer_type(op))
+    if isinstance(trace, TfTrace):
+        with ctx.b.layer(*src):
+            splice_tf_trace(ctx, trace, op.name)
+        return
     for outer_t, inner_t in trace.bindings:
         ctx.alias(inner_t, outer_t)
     _walk(ctx, trace.model, path, traces, src)

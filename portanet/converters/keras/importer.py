@@ -6,6 +6,7 @@ Cheap to import: TensorFlow and Keras are imported inside the methods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,6 +40,32 @@ def _head(path: Path, n: int = 8) -> bytes:
 
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def use_light_backend(paths: Sequence[Path] = ()) -> bool:
+    """Let Keras run on its torch backend instead of TensorFlow, if that is still possible.
+
+    Converting a file needs Keras only to deserialize the model and read its weights (and to
+    trace handler-less layers symbolically), never to compute; TensorFlow is the most
+    expensive part of that (seconds of import, about a GB of memory). Keras chooses its
+    backend once per process, when it is first imported, so this only applies when Keras is
+    not imported yet and the user has not chosen a backend (``KERAS_BACKEND``). The CLI asks
+    for it when ``convert`` (without ``--verify``: verification runs Keras on TensorFlow) reads
+    a Keras file."""
+    import importlib.util
+
+    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or importlib.util.find_spec("torch") is None:
+        return False
+    for p in paths:
+        # Lambda layers are rebuilt by running their code, which may use TensorFlow: keep it
+        try:
+            config = _read_config(Path(p))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the conversion itself
+            return False
+        if config is not None and _lambda_layers(config):
+            return False
+    os.environ["KERAS_BACKEND"] = "torch"
+    return True
 
 
 def _iter_layer_configs(config: Any) -> Iterator[tuple[str, str]]:
@@ -108,6 +135,22 @@ def check_file(path: Path, *, trust_code: bool = False) -> None:
                                 "the model is loaded; pass --trust-code (trust_code=True) if you trust this file")
 
 
+@contextlib.contextmanager
+def _without_optional_tensorflow(keras: Any) -> Iterator[None]:
+    """On a non-TensorFlow Keras backend, Keras' legacy .h5 loader still imports TensorFlow
+    when it is installed (it only uses it if present); hide it while loading so that reading
+    a file stays free of TensorFlow."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes `import tensorflow` fail
+    try:
+        yield
+    finally:
+        if sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+
+
 _MISSING_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
 
 
@@ -122,8 +165,12 @@ def load_keras_file(path: Path, *, trust_code: bool | None = None) -> Any:
     from portanet._deps import require
 
     keras = require("keras")
+    from portanet.converters.memory import memory_cap
+
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
+        # a config declaring huge layers fails inside Keras instead of exhausting the machine
+        with _without_optional_tensorflow(keras), memory_cap(path.stat().st_size if path.is_file() else 0):
+            return keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
         missing = _MISSING_CLASS.search(str(exc))
         if missing:

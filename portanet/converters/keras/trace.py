@@ -9,7 +9,9 @@ handler-less sub-layers traced again). The layer's variables appear as arguments
 recorded ops and become (trainable) initializers.
 
 A ``call`` that leaves Keras (a raw TensorFlow function on a symbolic tensor) cannot be
-traced this way; it is reported as unsupported with the reason.
+traced this way; it is traced as a ``tf.function`` on the node's input specs instead and
+converted with tf2onnx (Keras order, channels-last), then spliced into the IR with its
+weights as initializers. A call neither way converts is reported as unsupported.
 """
 
 from __future__ import annotations
@@ -151,3 +153,88 @@ def subclassed_input_specs(model: Any, options: Any, path: str | None) -> list[t
                 for n, s in zip(names, shapes)]
     raise InvalidInputError(f"{path or model.name}: subclassed model '{model.name}' ({type(model).__name__}) has no "
                             "known input shape; pass --input-shape (e.g. 1x32x32x3) or example_inputs=...")
+
+
+@dataclass
+class TfTrace:
+    """A layer call converted through TensorFlow and tf2onnx: an ONNX graph (Keras order,
+    channels-last) whose inputs are the call's tensors in order and whose outputs are the
+    call's outputs. Its initializers are the layer's weights."""
+
+    model: Any
+    inputs: list[Any]
+    outputs: list[Any]
+
+
+def trace_node_tf(node: Any) -> TfTrace:
+    """A handler-less layer whose ``call`` leaves keras.ops (raw ``tf.*`` functions): trace it
+    as a ``tf.function`` on this node's input specs and convert it with tf2onnx."""
+    import keras
+    from keras import tree
+
+    if keras.backend.backend() != "tensorflow":
+        raise TraceError("its call uses TensorFlow and Keras is not running on TensorFlow")
+    import onnx_ir as ir
+    import tensorflow as tf
+    import tf2onnx
+
+    from portanet.ir.builder import CANONICAL_OPSET
+
+    layer = node.operation
+    ins = list(node.input_tensors)
+    args, kwargs = tuple(node.arguments.args), dict(node.arguments.kwargs)
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=f"in_{i}") for i, t in enumerate(ins)]
+    ids = {id(t): i for i, t in enumerate(ins)}
+
+    @tf.function(input_signature=specs)
+    def call(*xs: Any) -> Any:
+        bind = lambda v: xs[ids[id(v)]] if isinstance(v, keras.KerasTensor) else v  # noqa: E731
+        out = layer.call(*tree.map_structure(bind, args), **_call_kwargs(layer, tree.map_structure(bind, kwargs)))
+        return tree.flatten(out)
+
+    quiet = logging.getLogger("tf2onnx")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its errors about unsupported ops become our one-line report
+    try:
+        proto, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=CANONICAL_OPSET)
+    except Exception as exc:  # noqa: BLE001 - TensorFlow/tf2onnx raise anything
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise TraceError(f"tf2onnx cannot convert its call ({type(exc).__name__}: {lines[-1] if lines else ''})") \
+            from exc
+    finally:
+        quiet.setLevel(level)
+    model = ir.serde.deserialize_model(proto)
+    import onnx
+
+    # tf2onnx keeps ops it cannot convert under their TensorFlow names (e.g. PyFunc)
+    custom = sorted({n.op_type for n in model.graph
+                     if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)})
+    if custom:
+        raise TraceError(f"tf2onnx cannot convert TensorFlow op(s) {', '.join(custom)} of its call")
+    flow = sorted({n.op_type for n in model.graph
+                   if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in n.attributes.values())})
+    if flow:
+        raise TraceError(f"its TensorFlow graph has control flow ({', '.join(flow)})")
+    return TfTrace(model, ins, list(node.output_tensors))
+
+
+def splice_tf_trace(ctx: Any, trace: TfTrace, layer_name: str) -> None:
+    """Copy the tf2onnx graph into the IR under the current provenance: inputs bound to the
+    call's tensors in the Keras order, initializers added as (trainable) weights."""
+    graph = trace.model.graph
+    mapping: dict[int, Any] = {}
+    for v, t in zip(graph.inputs, trace.inputs):
+        mapping[id(v)] = ctx.get(t)
+    for name, v in graph.initializers.items():
+        mapping[id(v)] = ctx.b.initializer(f"{layer_name}/{name.split('/')[-1]}", v.const_value.numpy())
+    for n in graph:
+        ins = [mapping[id(i)] if i is not None else None for i in n.inputs]
+        attrs = {k: a.value for k, a in n.attributes.items()}
+        outs = ctx.op(n.op_type, ins, attrs, outputs=len(n.outputs))
+        for o, new in zip(n.outputs, outs if isinstance(outs, tuple) else (outs,)):
+            mapping[id(o)] = new
+    for t, v in zip(trace.outputs, graph.outputs):
+        value = mapping[id(v)]
+        if value in ctx.b.inputs or value.const_value is not None:
+            value = ctx.op("Identity", [value])
+        ctx.set(t, value)

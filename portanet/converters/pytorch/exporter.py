@@ -27,6 +27,7 @@ from portanet._deps import require
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
 from portanet.ir.builder import BATCH, CANONICAL_OPSET
+from portanet.ir.frozen import mark_frozen
 from portanet.ir.io import convert_opset
 from portanet.ir.metadata import set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
@@ -242,7 +243,22 @@ def export_to_ir(
     model = finish_model(model, options, source_files=source_files, where=where, pin_shapes=args == ())
     if dynamic and isinstance(obj, torch.export.ExportedProgram):
         _warn_static_batch(model, where)
+    _mark_frozen_parameters(model, obj)
     return model
+
+
+def _mark_frozen_parameters(model: ir.Model, obj: Any) -> None:
+    """Parameters with ``requires_grad=False`` (initializers keep the state-dict names)."""
+    import torch
+
+    if isinstance(obj, torch.export.ExportedProgram):
+        named = obj.state_dict.items()
+    else:
+        named = obj.named_parameters()
+    inits = model.graph.initializers
+    for name, p in named:
+        if isinstance(p, torch.nn.Parameter) and not p.requires_grad and name in inits:
+            mark_frozen(inits[name], "pytorch requires_grad=False")
 
 
 def finish_model(model: ir.Model, options: ConvertOptions, *, source_files: Sequence[Any], where: str,

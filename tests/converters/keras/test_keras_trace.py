@@ -222,3 +222,33 @@ def test_cli_subclassed_model_with_input_shape(tmp_path, user_module) -> None:
     got = portanet.Session(ir_model).run({ir_model.graph.inputs[0].name: x})
     np.testing.assert_allclose(next(iter(got.values())), ref, rtol=RTOL, atol=ATOL)
     assert {n.metadata_props["portanet.source"] for n in ir_model.graph} >= {"conv", "gate"}
+
+
+class TfScale(L.Layer):
+    """A layer whose call uses TensorFlow directly (not keras.ops): converted through tf2onnx."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="w")
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.nn.relu6(x * 4.0) * self.w + tf.math.reduce_mean(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_layer_calling_tensorflow_goes_through_tf2onnx(nchw: bool) -> None:
+    import portanet
+    from portanet.ir.provenance import nodes_by_source
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6, 6, 3), name="x")
+    y = TfScale(name="tfscale")(L.Conv2D(4, 3, name="conv")(i))
+    model = keras.Model(i, L.Conv2D(2, 1, name="head")(y))
+    ir_model = portanet.convert(model, nchw=nchw)
+    assert set(nodes_by_source(ir_model.graph)) == {"conv", "tfscale", "head"}
+    # the layer's weight is an initializer of the graph, under the layer's name
+    w = np.asarray(model.get_layer("tfscale").w)
+    assert any(k.startswith("tfscale/") and v.const_value is not None and v.const_value.numpy().size == w.size
+               and np.allclose(v.const_value.numpy().ravel(), w) for k, v in ir_model.graph.initializers.items())
+    assert_parity(ir_model, model, random_inputs(model), nchw)
