@@ -142,6 +142,7 @@ def load_saved(path: Path, options: ConvertOptions) -> Any:
                 framework=FRAMEWORK, path=str(path),
             ) from exc
         log.warning("%s: unpickling a whole model (--trust-pickle)", path)
+        import_from_working_directory()  # the pickle names the model's classes by module
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
@@ -188,6 +189,14 @@ def _compare_keys(expected: Mapping[str, Any], received: Mapping[str, Any]) -> t
     return missing, unexpected
 
 
+def import_from_working_directory() -> None:
+    """Let user modules import from the working directory, as ``python -m`` does (a console
+    script's ``sys.path`` starts with its own folder instead)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def build_from_factory(spec: str, *, where: str) -> Any:
     """``pkg.module:Factory`` -> ``Factory()``, which must return an ``nn.Module``."""
     import torch
@@ -195,10 +204,7 @@ def build_from_factory(spec: str, *, where: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise InvalidInputError(f"--model-class '{spec}': expected pkg.module:Factory")
-    # like `python -m`, look in the working directory first (a console script's sys.path lacks it)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    import_from_working_directory()
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
