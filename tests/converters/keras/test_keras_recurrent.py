@@ -80,6 +80,13 @@ CASES: dict[str, tuple[Callable[[], object], Callable]] = {
     "gru_reset_before": (on_seq(lambda: L.GRU(H, reset_after=False, return_sequences=True)), floats(F)),
     "gru_backwards_last": (on_seq(lambda: L.GRU(H, go_backwards=True, return_state=True)), floats(F)),
     "gru_nobias": (on_seq(lambda: L.GRU(H, use_bias=False, reset_after=False)), floats(F)),
+    # activations with alpha/beta (hard_sigmoid is Keras 2's default recurrent activation)
+    "lstm_hard_sigmoid": (on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", return_sequences=True)),
+                          floats(F)),
+    "bi_gru_hard_sigmoid_elu": (on_seq(lambda: L.Bidirectional(L.GRU(H, recurrent_activation="hard_sigmoid",
+                                                                     activation="elu", return_sequences=True))),
+                                floats(F)),
+    "simple_rnn_linear": (on_seq(lambda: L.SimpleRNN(H, activation="linear", return_sequences=True)), floats(F)),
     "simple_rnn_seq": (on_seq(lambda: L.SimpleRNN(H, return_sequences=True, activation="relu")), floats(F)),
     "simple_rnn_state": (on_seq(lambda: L.SimpleRNN(H, return_state=True, go_backwards=True)), floats(F)),
     "rnn_lstm_cell": (on_seq(lambda: L.RNN(L.LSTMCell(H), return_sequences=True)), floats(F)),
@@ -250,8 +257,8 @@ def test_unsupported_recurrent_activation_names_it() -> None:
     import portanet
     from portanet.errors import ConversionError
 
-    model = on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", name="hs_lstm"))()
-    with pytest.raises(ConversionError, match="hs_lstm.*recurrent_activation 'hard_sigmoid' is not supported"):
+    model = on_seq(lambda: L.LSTM(H, recurrent_activation="gelu", name="gelu_lstm"))()
+    with pytest.raises(ConversionError, match="gelu_lstm.*recurrent_activation 'gelu' is not supported"):
         portanet.convert(model)
 
 
