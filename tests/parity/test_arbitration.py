@@ -174,3 +174,32 @@ def test_graph_reference_without_float64_source():
     case = FailedCase("ort", "x", {name_in: x}, bad, got, [name_out])
     arb = arbitrate("caffe", [proto, weights], model, [case], {"output_names": [name_out]}, rtol=1e-4, atol=1e-5)
     assert arb is not None and not arb.passed and "more than rounding" in arb.reason
+
+
+def test_pytorch_source_runs_in_float64():
+    """PyTorch sources run in float64 (module.double()): the converted LeNet-5 in float64
+    equals the module in float64; with one conv's weights off by 1e-3 it does not."""
+    torch = pytest.importorskip("torch")
+    import onnx_ir as ir
+
+    from model_zoo.pytorch import build
+
+    module = build("lenet5")
+    model = portanet.convert(module, example_inputs=torch.randn(1, 1, 32, 32))
+    name_in, name_out = model.graph.inputs[0].name, model.graph.outputs[0].name
+    x = np.random.default_rng(2).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = {name_out: module(torch.from_numpy(x)).numpy()}  # the source, float32
+    got = Session(model).run({name_in: x})
+    opts = {"output_names": [name_out]}
+    arb = arbitrate("pytorch", module, model, [FailedCase("ort", "x", {name_in: x}, ref, got, [name_out])], opts,
+                    rtol=1e-4, atol=1e-5)
+    assert arb is not None and arb.reference == "source-float64" and arb.passed, arb.verdict()
+    assert arb.graph_vs_source is not None and arb.graph_vs_source < 1e-12
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    w = conv.inputs[1]
+    w.const_value = ir.tensor(w.const_value.numpy() * np.float32(1 + 1e-3), name=w.name)
+    got = Session(model).run({name_in: x})
+    arb = arbitrate("pytorch", module, model, [FailedCase("ort", "x", {name_in: x}, ref, got, [name_out])], opts,
+                    rtol=1e-4, atol=1e-5)
+    assert arb is not None and not arb.passed and "conversion error" in arb.reason

@@ -165,8 +165,11 @@ def load_keras_file(path: Path, *, trust_code: bool | None = None) -> Any:
     from portanet._deps import require
 
     keras = require("keras")
+    from portanet.converters.memory import memory_cap
+
     try:
-        with _without_optional_tensorflow(keras):
+        # a config declaring huge layers fails inside Keras instead of exhausting the machine
+        with _without_optional_tensorflow(keras), memory_cap(path.stat().st_size if path.is_file() else 0):
             return keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
         missing = _MISSING_CLASS.search(str(exc))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from portanet._deps import require
+from portanet.converters.memory import memory_cap
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, InvalidModelError
 
@@ -90,7 +91,9 @@ def load_pt2(path: Path) -> Any:
         raise InvalidModelError(f"{path}: not a torch.export .pt2 archive (not a zip file); "
                                 "write one with torch.export.save(torch.export.export(model, args), path)")
     try:
-        with _quiet_torch():  # torch warns about its own deprecated pytree classes, logs broken archives
+        # torch warns about its own deprecated pytree classes and logs broken archives; a record
+        # declaring a huge tensor fails inside torch under the memory cap
+        with _quiet_torch(), memory_cap(path.stat().st_size):
             return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise InvalidModelError(f"{path}: not a readable torch.export .pt2 archive ({_first_line(exc)})") from exc
@@ -102,7 +105,7 @@ def load_torchscript(path: Path, options: ConvertOptions) -> Any:
     import torch
 
     try:
-        with _quiet_torch():
+        with _quiet_torch(), memory_cap(path.stat().st_size):
             script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InvalidModelError(f"{path}: not a readable TorchScript archive ({_first_line(exc)})") from exc
@@ -139,6 +142,7 @@ def load_saved(path: Path, options: ConvertOptions) -> Any:
                 framework=FRAMEWORK, path=str(path),
             ) from exc
         log.warning("%s: unpickling a whole model (--trust-pickle)", path)
+        import_from_working_directory()  # the pickle names the model's classes by module
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
@@ -185,6 +189,14 @@ def _compare_keys(expected: Mapping[str, Any], received: Mapping[str, Any]) -> t
     return missing, unexpected
 
 
+def import_from_working_directory() -> None:
+    """Let user modules import from the working directory, as ``python -m`` does (a console
+    script's ``sys.path`` starts with its own folder instead)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def build_from_factory(spec: str, *, where: str) -> Any:
     """``pkg.module:Factory`` -> ``Factory()``, which must return an ``nn.Module``."""
     import torch
@@ -192,10 +204,7 @@ def build_from_factory(spec: str, *, where: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise InvalidInputError(f"--model-class '{spec}': expected pkg.module:Factory")
-    # like `python -m`, look in the working directory first (a console script's sys.path lacks it)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    import_from_working_directory()
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:

@@ -80,7 +80,9 @@ def test_untraceable_layers_and_ops_in_one_error() -> None:
     with pytest.raises(UnsupportedOpError) as info:
         portanet.convert(model)
     found = {k: sorted(v) for k, v in info.value.unsupported.items()}
-    assert found == {"TfOnly": ["c1", "c2"], "ops.Sort": ["sort"]}
+    # Keras numbers auto-named ops per process (sort, sort_1, ...)
+    assert set(found) == {"TfOnly", "ops.Sort"} and found["TfOnly"] == ["c1", "c2"]
+    assert len(found["ops.Sort"]) == 1 and found["ops.Sort"][0].startswith("sort")
     assert "3 unsupported layer(s) of 2 type(s)" in str(info.value)
 
 
