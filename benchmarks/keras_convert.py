@@ -1,7 +1,13 @@
 """Keras ResNet50: portanet's conversion vs tf2onnx's ``from_function`` on the same model, and
 ONNX Runtime latency of both outputs, in one run. Prints times and ratios (no assertions).
 
-    python benchmarks/keras_convert.py [--size 224] [--runs 30] [--threads 2]
+    python benchmarks/keras_convert.py [--size 224] [--runs 30] [--threads 2] [--whole-process-only]
+
+First, whole processes from a saved ``resnet50.keras``: ``portanet convert resnet50.keras``
+(the CLI: Keras on its torch backend, no TensorFlow) vs a process that loads the file in Keras
+on TensorFlow and converts it with tf2onnx ``from_function`` — wall time and peak resident
+memory of each process, and their ratios (targets <= 0.1x and <= 0.15x). Then, in this
+process: conversion time of the in-memory model and ONNX Runtime latency of both outputs.
 
 Target: portanet converts >= 5x faster and its output runs no slower than tf2onnx's.
 """
@@ -47,13 +53,76 @@ def _latencies(sessions: list[tuple[object, str]], x: np.ndarray, runs: int) -> 
     return [statistics.median(ts) for ts in times], outs
 
 
+_TF2ONNX_CHILD = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras, tensorflow as tf, tf2onnx
+src, out = sys.argv[1:3]
+model = keras.saving.load_model(src, compile=False)
+shape = tuple(model.inputs[0].shape)
+spec = [tf.TensorSpec(shape, tf.float32, name="input_layer")]
+fn = tf.function(lambda inp: model(inp, training=False))
+proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=18)
+with open(out, "wb") as f:
+    f.write(proto.SerializeToString())
+"""
+
+_SAVE_CHILD = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, sys.argv[3])
+import keras
+from model_zoo.keras.models import randomize_batchnorm
+keras.utils.set_random_seed(0)
+size = int(sys.argv[2])
+randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))).save(sys.argv[1])
+"""
+
+
+def _measure(cmd: list[str]) -> tuple[float, float]:
+    """Wall time (s) and peak resident memory (MB) of one child process."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+    return wall, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def whole_process(size: int) -> None:
+    """`portanet convert resnet50.keras` vs tf2onnx from_function, each a whole fresh process
+    (run before this process imports anything large, so the children's peak RSS is their own)."""
+    import tempfile
+
+    repo = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        src = str(Path(tmp) / "resnet50.keras")
+        _measure([sys.executable, "-c", _SAVE_CHILD, src, str(size), repo])
+        p_wall, p_mem = _measure([sys.executable, "-m", "portanet.cli", "convert", src, "-o",
+                                  str(Path(tmp) / "p.onnx")])
+        t_wall, t_mem = _measure([sys.executable, "-c", _TF2ONNX_CHILD, src, str(Path(tmp) / "t.onnx")])
+    print(f"Whole process, resnet50.keras ({size}x{size}) -> ONNX")
+    print(f"  portanet convert (CLI)     : {p_wall:7.2f} s  peak {p_mem:7.0f} MB")
+    print(f"  tf2onnx from_function      : {t_wall:7.2f} s  peak {t_mem:7.0f} MB")
+    print(f"  ratio portanet / tf2onnx   : wall {p_wall / t_wall:5.2f}x (target <= 0.1x), "
+          f"peak memory {p_mem / t_mem:5.2f}x (target <= 0.15x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224, help="input height/width")
     ap.add_argument("--runs", type=int, default=30, help="timed ORT runs per model")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     ap.add_argument("--repeat", type=int, default=3, help="portanet conversions timed (best of)")
+    ap.add_argument("--whole-process-only", action="store_true", help="only the whole-process comparison")
     args = ap.parse_args()
+    whole_process(args.size)
+    if args.whole_process_only:
+        return
 
     import keras
     import onnx_ir as ir

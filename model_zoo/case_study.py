@@ -130,7 +130,7 @@ def _reference_predict(fw: str, sources: list[Any], model: Any, options: Any) ->
 
     def predict(x: np.ndarray) -> np.ndarray:
         outs, _ = run_reference(fw, sources, {_input_name(model): x}, output_names=[_output_name(model)],
-                                options={"convert_options": options, "model": model})
+                                options={"convert_options": options, "model": model, "caffe_reference": "opencv"})
         return outs[_output_name(model)]
 
     return predict

@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
 
-__all__ = ["__version__", "load", "save", "convert", "optimize", "export", "Session", "Trainer", "verify"]
+__all__ = ["__version__", "load", "save", "convert", "optimize", "export", "Session", "Trainer", "verify",
+           "register_layer"]
 
 
 def load(path: str | os.PathLike[str], *, upgrade: bool = True) -> ir.Model:
@@ -66,6 +67,15 @@ def optimize(model: ir.Model, level: int = 2, **kwargs: Any) -> ir.Model:
     from portanet.optimizer import optimize as _optimize
 
     return _optimize(model, level=level, **kwargs)
+
+
+def register_layer(framework: str, *layer_types: str) -> Any:
+    """Decorator registering a user's handler for source layers of ``layer_types`` in the
+    ``framework`` importer ("caffe", "mxnet", "keras", "cntk", "onnx"); it replaces a built-in
+    handler of the same type. See ``portanet.converters.plugins`` and the README."""
+    from portanet.converters.plugins import register_layer as _register
+
+    return _register(framework, *layer_types)
 
 
 def verify(*sources: Any, **kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from portanet.ir.frozen import frozen_names
 from portanet.ir.io import model_opset
 from portanet.ir.metadata import read_metadata
 from portanet.ir.provenance import provenance_summary
@@ -34,7 +35,8 @@ def _dims(v: ir.Value) -> list[Any] | None:
 def describe(model: ir.Model, path: Path | str | None = None) -> dict[str, Any]:
     inits = model.graph.initializers
     buffers = buffer_names(model)
-    trainable = buf_values = nbytes = 0
+    frozen = frozen_names(model)
+    trainable = buf_values = frozen_values = nbytes = 0
     for name, v in inits.items():
         t = v.const_value
         if t is None:
@@ -42,6 +44,8 @@ def describe(model: ir.Model, path: Path | str | None = None) -> dict[str, Any]:
         nbytes += t.nbytes
         if name in buffers:
             buf_values += t.size
+        elif name in frozen:  # float weights the source never trains (see portanet.ir.frozen)
+            frozen_values += t.size
         elif v.dtype is not None and v.dtype.is_floating_point():
             trainable += t.size
     ops = Counter(n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in model.graph.all_nodes())
@@ -58,7 +62,8 @@ def describe(model: ir.Model, path: Path | str | None = None) -> dict[str, Any]:
         "outputs": [tinfo(v) for v in model.graph.outputs],
         "nodes": sum(ops.values()),
         "ops": dict(ops.most_common()),
-        "parameters": {"trainable": trainable, "buffers": buf_values, "tensors": len(inits), "bytes": nbytes},
+        "parameters": {"trainable": trainable, "buffers": buf_values, "frozen": frozen_values,
+                       "frozen_tensors": len(frozen), "tensors": len(inits), "bytes": nbytes},
         "provenance": provenance_summary(model.graph),
         "metadata": read_metadata(model),
     }

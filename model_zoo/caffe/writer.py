@@ -162,6 +162,7 @@ def layer_shapes(net: Any, input_shapes: dict[str, list[int]] | None = None) -> 
                 k = p.kernel_size or p.kernel_h
                 s, pd, ceil = p.stride, p.pad, p.round_mode == 0
                 outs = [[x[0], x[1], _pool_out(x[2], k, s, pd, ceil), _pool_out(x[3], k, s, pd, ceil)]]
+            outs = outs * len(layer.top)  # a MAX pooling's mask top has the pooled shape
         elif t == "InnerProduct":
             p = layer.inner_product_param
             k = int(np.prod(x[p.axis :]))

@@ -19,6 +19,7 @@ from typing import Any
 import onnx_ir as ir
 
 from portanet.errors import ConversionError, InvalidInputError, InvalidModelError
+from portanet.ir import frozen
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def convert_paths(
         if not p.exists():
             raise InvalidInputError(f"{p}: no such file or directory")
     log.info("converting %s with the %s importer", ", ".join(map(str, ps)), imp.name)
-    return imp.convert(ps, opts)
+    return frozen.record(imp.convert(ps, opts))
 
 
 def convert_object(obj: Any, options: ConvertOptions | None = None) -> ir.Model:
@@ -166,5 +167,5 @@ def convert_object(obj: Any, options: ConvertOptions | None = None) -> ir.Model:
     opts = options or ConvertOptions()
     for imp in importers().values():
         if imp.accepts_object(obj):
-            return imp.convert_object(obj, opts)
+            return frozen.record(imp.convert_object(obj, opts))
     raise InvalidInputError(f"cannot convert an object of type {type(obj).__module__}.{type(obj).__name__}")

@@ -90,15 +90,18 @@ def read_onnx_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise InvalidModelError(f"{p}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
     if not proto.graph.node and not proto.graph.output:
         raise InvalidModelError(f"{p}: not a valid ONNX file (no graph)")
-    from portanet.ir.onnx_check import check_strings, validate_proto
+    from portanet.ir.onnx_check import check_strings, checker_view, repair_interface, validate_proto
 
     check_strings(proto, p)  # first: protobuf hands non-UTF-8 strings over as bytes
+    repaired = repair_interface(proto)  # -1 dims, outputs without shapes: what ONNX Runtime accepts
     _check_external_locations(proto, p)
     opset = model_opset(proto)
     if not MIN_LOAD_OPSET <= opset <= MAX_OPSET:
         raise InvalidModelError(f"{p}: opset {opset} is outside the supported range {MIN_LOAD_OPSET}-{MAX_OPSET}")
+    view = checker_view(proto)
     try:
-        onnx.checker.check_model(str(p))
+        # the file itself unless repaired (the path form also checks protobufs beyond 2 GB)
+        onnx.checker.check_model(view if view is not None else proto if repaired else str(p))
     except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise InvalidModelError(f"{p}: ONNX checker rejected the model: {first}") from exc

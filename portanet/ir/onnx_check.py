@@ -133,6 +133,81 @@ def _check_external(t: onnx.TensorProto, path: str, where: str, base: Path | Non
         )
 
 
+def _interface(proto: onnx.ModelProto) -> Iterator[onnx.ValueInfoProto]:
+    yield from proto.graph.input
+    yield from proto.graph.output
+    yield from proto.graph.value_info
+
+
+def _complete(vi: onnx.ValueInfoProto) -> bool:
+    """The type fields onnx.checker requires of graph inputs/outputs: an element type and a shape."""
+    if not vi.HasField("type"):
+        return False
+    which = vi.type.WhichOneof("value")
+    if which != "tensor_type":
+        return True  # sequences, maps, optionals: left to the checker
+    return vi.type.tensor_type.HasField("elem_type") and vi.type.tensor_type.HasField("shape")
+
+
+def repair_interface(proto: onnx.ModelProto) -> bool:
+    """Accept what ONNX Runtime accepts (in place):
+
+    * dims written as a literal ``-1`` (older exporters' "any size") become free dims;
+    * graph outputs (and value_info) without a shape or type get the ones ONNX shape
+      inference finds, where it finds them.
+
+    Returns True if anything changed.
+    """
+    changed = False
+    for vi in _interface(proto):
+        if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.WhichOneof("value") == "dim_value" and d.dim_value < 0:
+                    d.ClearField("dim_value")
+                    changed = True
+    incomplete = [vi for vi in [*proto.graph.output, *proto.graph.value_info] if not _complete(vi)]
+    if not incomplete or proto.ByteSize() >= _INFER_LIMIT:
+        return changed
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    for vi in bare.graph.output:
+        if not _complete(vi):
+            vi.ClearField("type")
+    del bare.graph.value_info[:]  # inference recomputes them; stale partial entries only confuse it
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare)
+    except Exception:  # noqa: BLE001 - repair is best effort; validate_proto reports real errors
+        return changed
+    found = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output] if _complete(vi)}
+    for vi in incomplete:
+        if vi.name in found:
+            vi.type.CopyFrom(found[vi.name].type)
+            changed = True
+    # value_info entries that stay incomplete carry nothing the checker accepts: drop them
+    keep = [vi for vi in proto.graph.value_info if _complete(vi)]
+    if len(keep) != len(proto.graph.value_info):
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(keep)
+        changed = True
+    return changed
+
+
+def checker_view(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy for ``onnx.checker`` in which graph inputs/outputs that still lack a type or shape
+    (ONNX Runtime runs such models) carry a placeholder; None when none does."""
+    if all(_complete(vi) for vi in [*proto.graph.input, *proto.graph.output]):
+        return None
+    view = onnx.ModelProto()
+    view.CopyFrom(proto)
+    for vi in [*view.graph.input, *view.graph.output]:
+        if not _complete(vi):
+            t = vi.type.tensor_type
+            if not t.HasField("elem_type"):
+                t.elem_type = onnx.TensorProto.FLOAT
+            t.shape.SetInParent()
+    return view
+
+
 def check_strings(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Raise ``InvalidModelError`` if any string field of ``proto`` is not UTF-8."""
     for msg, mpath in _messages(proto, "model"):
@@ -152,7 +227,11 @@ def validate_proto(proto: onnx.ModelProto, path: str | os.PathLike[str], *, infe
                                         f"{msg.elem_type}")
     if infer and proto.ByteSize() < _INFER_LIMIT:
         try:
-            onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+            inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise InvalidModelError(f"{where}: ONNX shape inference rejected the model: {first}") from exc
+        # files without value_info (allowed, and common): intermediate values get their types,
+        # so tools that expose them as outputs (bisection) know their element types
+        known = {vi.name for vi in _interface(proto)}
+        proto.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in known and _complete(vi))

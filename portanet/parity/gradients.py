@@ -264,7 +264,7 @@ def gradient_parity(
     options: Mapping[str, Any] | None = None,
     device: str = "cpu",
 ) -> GradientReport:
-    """Gradient parity of a PyTorch or Keras source against the torch backend."""
+    """Gradient parity of a PyTorch, Keras or Caffe (real Caffe) source against the torch backend."""
     opts = dict(options or {})
     output_names = [v.name or "" for v in model.graph.outputs]
     if framework == "pytorch":
@@ -285,8 +285,21 @@ def gradient_parity(
         targets = target_for(ref, seed)
         nchw = bool(_opt(opts, "nchw"))
         loss_src, params = keras_gradients(model_obj, feeds, targets, nchw)
+    elif framework == "caffe":
+        # real Caffe's backward (TEST phase, force_backward); OpenCV has none
+        from portanet.parity.runners.caffe import caffe_gradients, caffe_python, run_caffe
+
+        if caffe_python() is None:
+            raise InvalidInputError(
+                "--train gradient parity for Caffe sources needs real Caffe (pycaffe): `make caffe-env` builds it "
+                "into .venv-caffe, or set PORTANET_CAFFE_PYTHON"
+            )
+        ref = run_caffe(sources, feeds, options={**opts, "output_names": output_names})
+        targets = target_for({n: ref[n] for n in output_names}, seed)
+        loss_src, raw = caffe_gradients(sources, feeds, targets, opts)
+        params = [SourceParam(f"{layer}/{i}", layer, value, grad) for layer, i, value, grad in raw]
     else:
-        raise InvalidInputError(f"--train gradient parity supports PyTorch and Keras sources, not {framework}")
+        raise InvalidInputError(f"--train gradient parity supports PyTorch, Keras and Caffe sources, not {framework}")
     loss_ir, grads, values = ir_gradients(model, feeds, targets, device)
     return compare_gradients(model, params, loss_src, loss_ir, grads, values, rtol=rtol, atol=atol)
 

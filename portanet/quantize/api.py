@@ -94,6 +94,18 @@ def _name_nodes(model: ir.Model) -> None:
         seen.add(name)
 
 
+#: probability ops left in float where they produce a graph output: ONNX Runtime quantizes a Softmax
+#: output with the fixed step 1/256, which rounds every probability below 1/512 to zero (all of a
+#: 1000-class output's near-uniform probabilities, making the arg-max meaningless)
+FLOAT_OUTPUT_OPS = frozenset({"Softmax", "LogSoftmax"})
+
+
+def always_float(model: ir.Model) -> list[str]:
+    """Names of the nodes never quantized: probability ops producing graph outputs."""
+    outputs = set(model.graph.outputs)
+    return [n.name or "" for n in model.graph if n.op_type in FLOAT_OUTPUT_OPS and set(n.outputs) & outputs]
+
+
 def prepare_float(model: ir.Model) -> ir.Model:
     """-O2 (BatchNorm and constants folded into the weights the quantizer sees), named nodes, and
     provenance on every node (an ONNX node without one is its own source layer)."""
@@ -146,11 +158,12 @@ def quantize(
         float_m = metrics(ref, ref, labels)
         reader = ArrayReader(prepared.input_name, prepared.calib)
         counter = [0]
+        keep = always_float(float_model)
 
         def build(include: Sequence[str], exclude: Sequence[str]) -> Path:
             counter[0] += 1
             target = tmpdir / f"q{counter[0]}.onnx"
-            run_engine(_engine.Job(float_path, target, reader, cal, opts.per_channel, exclude, include,
+            run_engine(_engine.Job(float_path, target, reader, cal, opts.per_channel, [*keep, *exclude], include,
                                    tmpdir / "calibration.json"))
             return target
 

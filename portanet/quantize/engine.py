@@ -23,6 +23,10 @@ from portanet.quantize.calibration import ArrayReader, Calibration
 
 log = logging.getLogger(__name__)
 
+#: calibration samples per ONNX Runtime collection pass: the calibrator keeps every intermediate tensor
+#: of the samples of one pass in memory (ResNet-50 at 224x224: ~80 MB a sample), then merges ranges
+CALIBRATION_STRIDE = 8
+
 #: op types dynamic quantization converts: ORT's CPU kernels quantize MatMul/Gemm activations at run
 #: time; its ConvInteger has no int8-weight CPU kernel, so convolutions stay float in this mode
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -83,6 +87,11 @@ def _supports_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
+def _stride(n: int) -> int:
+    """The largest divisor of ``n`` up to ``CALIBRATION_STRIDE`` (ONNX Runtime needs an exact split)."""
+    return next(s for s in range(min(n, CALIBRATION_STRIDE), 0, -1) if n % s == 0)
+
+
 @mode("static", "int8 weights (per channel) and int8 activations with calibrated ranges, QDQ form")
 def run_static(job: Job) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -104,7 +113,7 @@ def run_static(job: Job) -> None:
             nodes_to_quantize=list(job.include) or None,
             nodes_to_exclude=list(job.exclude) or None,
             calibrate_method=job.calibration.method(),
-            extra_options=dict(job.calibration.options),
+            extra_options={**job.calibration.options, "CalibStridedMinMax": _stride(len(job.reader))},
             **kwargs,
         )
 

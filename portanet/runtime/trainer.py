@@ -72,6 +72,10 @@ CHECKPOINT_FORMAT = "portanet-checkpoint-1"
 _CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
+#: integer model input types taken as token ids -> numpy dtype fed to them
+_TOKEN_TYPES = {ir.DataType.INT64: np.int64, ir.DataType.INT32: np.int32}
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a training run (every field has a usable default)."""
@@ -229,24 +233,31 @@ class Trainer:
                 + ", ".join(v.name or "?" for v in inputs)
             )
         inp = inputs[0]
-        if inp.dtype is not None and inp.dtype != ir.DataType.FLOAT:
-            raise InvalidInputError(f"model input '{inp.name}' is {inp.dtype}; training needs a float32 input")
         where = splits.path or "data"
+        # integer inputs are token ids (an Embedding / Gather first): fed as they are
+        token_dtype = _TOKEN_TYPES.get(inp.dtype) if inp.dtype is not None else None
+        if inp.dtype is not None and inp.dtype != ir.DataType.FLOAT and token_dtype is None:
+            raise InvalidInputError(f"model input '{inp.name}' is {inp.dtype}; training needs a float32 input "
+                                    "(or integer token ids)")
+        if token_dtype is not None and splits.train.x.dtype.kind not in "iu":
+            raise InvalidInputError(f"{where}: model input '{inp.name}' takes integer token ids ({inp.dtype}), "
+                                    f"the samples are {splits.train.x.dtype}")
         layout = plan_layout(splits.train.sample_shape, dims_of(inp), where=where, input_name=inp.name or "input")
         if splits.test.sample_shape != splits.train.sample_shape:
             raise InvalidInputError(
                 f"{where}: test samples have shape {list(splits.test.sample_shape)}, training samples "
                 f"{list(splits.train.sample_shape)}"
             )
-        norm = self._normalizer(splits.train, layout)
+        norm = self._normalizer(splits.train, layout) if token_dtype is None else Normalizer([0.0], [1.0], 1.0)
         loss_name = auto_loss(splits.train.y) if cfg.loss == "auto" else cfg.loss
         loss = make_loss(loss_name)
         graph = training_graph(self.model, cfg.output, logits=loss.classification)
         module = lower(graph.model, self.ctx.device)
         out_index = module.output_names.index(graph.output)
 
-        x_train = torch.from_numpy(norm.apply(layout.apply(splits.train.x)))
-        x_test = torch.from_numpy(norm.apply(layout.apply(splits.test.x)))
+        self._token_dtype = token_dtype
+        x_train = torch.from_numpy(self._model_input(splits.train.x, layout, norm))
+        x_test = torch.from_numpy(self._model_input(splits.test.x, layout, norm))
         out_shape = self._probe(module, x_train[:2], out_index, inp.name or "input", layout, where)
         loss.check_targets(splits.train.y, out_shape, where=where, output=graph.original_output)
         loss.check_targets(splits.test.y, out_shape, where=where, output=graph.original_output)
@@ -271,6 +282,12 @@ class Trainer:
             return holdout(DataSplits(data, data.subset(slice(0, 0)), data.source or "arrays", "arrays"),
                            cfg.val_fraction, cfg.seed)
         return load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+    def _model_input(self, x: np.ndarray, layout: Layout, norm: Normalizer) -> np.ndarray:
+        """Samples -> the model input: normalised float32, or token ids unchanged."""
+        if getattr(self, "_token_dtype", None) is not None:
+            return np.ascontiguousarray(layout.apply(x).astype(self._token_dtype))
+        return norm.apply(layout.apply(x))
 
     def _normalizer(self, train: ArrayDataset, layout: Layout) -> Normalizer:
         cfg = self.config
@@ -471,7 +488,7 @@ class Trainer:
         if dataset is None:
             x, y = prep.x_test, prep.y_test
         else:
-            x = torch.from_numpy(prep.normalizer.apply(prep.layout.apply(dataset.x)))
+            x = torch.from_numpy(self._model_input(dataset.x, prep.layout, prep.normalizer))
             y = torch.from_numpy(self._targets(dataset.y, prep.loss))
         module = self.module
         if ctx.distributed:

@@ -7,6 +7,7 @@ and prints every distinct bug with one reproducing (target, seed, case) triple.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import shutil
 import sys
@@ -17,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_zoo.common import cache_dir
-from tests.fuzz import mutators as M
-from tests.fuzz.harness import Outcome, convert_case
+# as the test suite (tests/conftest.py) and the CLI run TensorFlow: without its start-up banner
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from model_zoo.common import cache_dir  # noqa: E402
+from tests.fuzz import mutators as M  # noqa: E402
+from tests.fuzz.harness import Outcome, convert_case  # noqa: E402
 
 
 @dataclass

@@ -199,3 +199,23 @@ def test_mxnet_params_huge_declared_shape(tmp_path):
     params.write_bytes(bytes(data))
     sym = _copy(seed["symbol"], tmp_path)
     _expect_error([sym, params], tmp_path, "larger than any array can be", input_shapes={"data": [1, 1, 28, 28]})
+
+
+# -------------------------------------------------- memory cap: a config declaring a huge layer
+def test_keras_config_declaring_a_huge_layer_fails_without_allocating(tmp_path):
+    """Keras builds layers from the config before it reads the weights: Dense(units=25e6) after
+    64 features is a 6.4 GB kernel. The load runs under an address-space cap, so Keras' own
+    allocation fails and the file is reported as unloadable (nothing near 6 GB is touched)."""
+    src = campaign.keras_seed()["keras"].read_bytes()
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name == "config.json":
+            doc = json.loads(data)
+            dense = next(lay for lay in doc["config"]["layers"] if lay["class_name"] == "Dense")
+            dense["config"]["units"] = 25_000_000
+            return json.dumps(doc).encode()
+        return data
+
+    bad = tmp_path / "huge.keras"
+    bad.write_bytes(_rezip(src, edit))
+    _expect_error([bad], tmp_path, "Keras cannot load the model")

@@ -34,34 +34,60 @@ def digits() -> Any:
     return nets.load_digits(None)
 
 
-def _convert(module: Any, digits: Any, path: Path) -> Path:
+def _convert(module: Any, digits: Any, name: str) -> Path:
+    """portanet's conversion of ``module``, cached beside its weights (same key)."""
     import portanet
+    from model_zoo.common import cache_dir
 
-    model = portanet.convert(module, example_inputs=(torch.from_numpy(digits.x_test[:1]),))
-    portanet.save(model, path)
+    path = cache_dir("quantize") / f"{name}-{STEPS}steps-{_cache_key()}.onnx"
+    if not path.exists():
+        model = portanet.convert(module, example_inputs=(torch.from_numpy(digits.x_test[:1]),))
+        portanet.save(model, path)
     return path
 
 
+def _cache_key() -> str:
+    """Hash of what the trained weights depend on: the network, the training loop, the step count."""
+    import hashlib
+
+    from model_zoo import case_study_nets
+    from model_zoo.pytorch import models
+
+    h = hashlib.sha256(f"steps={STEPS}".encode())
+    for mod in (models, case_study_nets):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 @pytest.fixture(scope="session")
-def trained_cnn(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained_cnn(digits: Any) -> Trained:
     from model_zoo import case_study_nets as nets
+    from model_zoo.common import cache_dir
     from model_zoo.pytorch.models import CaseStudyCNN
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared machine: one thread is as fast and repeatable
-    try:
-        torch.manual_seed(0)
-        module = CaseStudyCNN()
-        nets.train_pytorch(module, digits, nets.TrainSettings(epochs=1, max_batches=STEPS))
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    module = CaseStudyCNN()
+    # the natively trained weights are cached, keyed by the builder and trainer sources
+    weights = cache_dir("quantize") / f"case_study_cnn-{STEPS}steps-{_cache_key()}.pt"
+    if weights.exists():
+        module.load_state_dict(torch.load(weights, weights_only=True))
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a shared machine: one thread is as fast and repeatable
+        try:
+            nets.train_pytorch(module, digits, nets.TrainSettings(epochs=1, max_batches=STEPS))
+        finally:
+            torch.set_num_threads(threads)
+        tmp = weights.with_suffix(".tmp")
+        torch.save(module.state_dict(), tmp)
+        tmp.replace(weights)
     module.eval()
     acc = nets.accuracy(nets.predict_pytorch(module, digits.x_test), digits.y_test)
-    return Trained(module, _convert(module, digits, tmp_path_factory.mktemp("cnn") / "cnn.onnx"), acc, digits)
+    return Trained(module, _convert(module, digits, "case_study_cnn"), acc, digits)
 
 
 @pytest.fixture(scope="session")
-def outlier_cnn(trained_cnn: Trained, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def outlier_cnn(trained_cnn: Trained) -> Trained:
     """The trained CNN with channel 3 of the first convolution scaled up by ``OUTLIER`` and the
     second convolution's weights reading that channel scaled down by the same factor.
 
@@ -86,5 +112,5 @@ def outlier_cnn(trained_cnn: Trained, tmp_path_factory: pytest.TempPathFactory) 
     from model_zoo import case_study_nets as nets
 
     acc = nets.accuracy(nets.predict_pytorch(module, d.x_test), d.y_test)
-    return Trained(module, _convert(module, d, tmp_path_factory.mktemp("outlier") / "outlier.onnx"), acc, d)
+    return Trained(module, _convert(module, d, f"outlier{OUTLIER:g}_cnn"), acc, d)
 

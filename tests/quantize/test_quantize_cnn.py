@@ -53,6 +53,9 @@ def test_case_study_cnn_int8_keeps_accuracy_within_half_a_point(trained_cnn, tmp
     model = onnx.load(str(out))
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
     assert len(int8_weights) == 5  # 3 convolutions and 2 dense layers
+    # the output Softmax stays float (ONNX Runtime would quantize probabilities in steps of 1/256)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert producers[model.graph.output[0].name].op_type == "Softmax"
     assert "int8" in r.output and "float32" in r.output and "ORT b32 ms" in r.output
 
 
@@ -124,3 +127,44 @@ def test_unlabelled_data_reports_agreement_and_cosine(trained_cnn, tmp_path):
     q = json.loads(js.read_text())["rows"][1]
     assert q["accuracy"] is None and q["agreement"] > 0.98 and q["cosine"] > 0.999
     assert json.loads(js.read_text())["drop_kind"] == "agreement"
+
+
+def test_calibration_in_strides_gives_the_ranges_of_one_pass(trained_cnn, monkeypatch):
+    """Calibration runs in passes of CALIBRATION_STRIDE samples (memory); min/max ranges merged over
+    passes equal those of one pass over all samples."""
+    from portanet.ir.io import load_onnx
+    from portanet.quantize import QuantizeOptions, engine, quantize
+
+    def scales(stride: int) -> dict[str, np.ndarray]:
+        monkeypatch.setattr(engine, "CALIBRATION_STRIDE", stride)
+        opts = QuantizeOptions(samples=64, mean=[MEAN], std=[STD], latency_batches=(), test_samples=50)
+        m = quantize(load_onnx(trained_cnn.onnx), None, opts).model
+        return {k: v.const_value.numpy() for k, v in m.graph.initializers.items() if k.endswith("_scale")}
+
+    one, strided = scales(64), scales(8)
+    assert one.keys() == strided.keys() and len(one) > 5
+    for k in one:
+        np.testing.assert_allclose(strided[k], one[k], rtol=1e-6, err_msg=k)
+
+
+def test_output_softmax_over_many_classes_stays_float(tmp_path):
+    """1000 near-uniform probabilities (~0.001 each) survive int8: quantized in steps of 1/256 they
+    would all be 0 and the arg-max meaningless. Reference: the float model on ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((0.05 * rng.standard_normal((1000, 64))).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["z"], transB=1, name="fc"),
+                           helper.make_node("Softmax", ["z"], ["p"], name="prob")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1000])], [w])
+    model = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(model))
+    data = tmp_path / "d.npz"
+    x = rng.standard_normal((400, 64)).astype(np.float32)
+    np.savez(data, x=x[:300], y=np.zeros(300, np.float32), x_test=x[300:], y_test=np.zeros(100, np.float32))
+    out, js = tmp_path / "q.onnx", tmp_path / "q.json"
+    r = invoke("quantize", model, "-o", out, "--data", data, "--no-normalize", "--no-latency", "--json", js)
+    assert r.exit_code == 0, r.output
+    q = json.loads(js.read_text())["rows"][1]
+    assert q["agreement"] >= 0.9 and q["cosine"] > 0.999

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from portanet.converters.caffe.net import Layer
 from portanet.errors import ConversionError
 from portanet.ir.builder import GraphBuilder
+from portanet.ir.frozen import mark_frozen
 
 Shape = list[int]
 
@@ -110,8 +111,20 @@ class Ctx:
         return self.b.op(op_type, inputs, attributes, outputs=outputs)
 
     def param(self, suffix: str, array: np.ndarray) -> ir.Value:
-        """A learned weight (trainable float initializer) named ``<layer>_<suffix>``."""
-        return self.b.initializer(f"{self.layer.name}_{suffix}", np.asarray(array, dtype=np.float32))
+        """A learned weight (trainable float initializer) named ``<layer>_<suffix>``; frozen
+        when it comes from a blob whose ``param { lr_mult: 0 }`` Caffe never updates."""
+        value = self.b.initializer(f"{self.layer.name}_{suffix}", np.asarray(array, dtype=np.float32))
+        if self._lr_mult_zero(array):
+            mark_frozen(value, "caffe lr_mult: 0")
+        return value
+
+    def _lr_mult_zero(self, array: Any) -> bool:
+        specs = self.layer.param.param  # ParamSpec per blob, in blob order
+        for i, blob in enumerate(self.layer.blobs):
+            if i < len(specs) and specs[i].HasField("lr_mult") and specs[i].lr_mult == 0 \
+                    and np.may_share_memory(array, blob):
+                return True
+        return False
 
     def buffer(self, suffix: str, array: np.ndarray) -> ir.Value:
         """A float initializer that is state rather than a parameter (BatchNorm statistics)."""

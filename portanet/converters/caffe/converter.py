@@ -75,6 +75,7 @@ def load_deploy(
     deploy = caffe_net.deploy_graph(definition, path=where, stages=set(stages) if stages else None)
     if raw is not None:
         caffe_net.attach_weights(deploy, raw, path=str(weights))
+    caffe_net.infer_data_channels(deploy)
     caffe_net.apply_input_shapes(deploy, options.input_shapes, path=where)
     return deploy, where, str(weights) if weights is not None else None
 
@@ -288,4 +289,4 @@ def convert_files(paths: Sequence[Path], options: ConvertOptions) -> ir.Model:
 
 
 #: layer types that cannot convert without a caffemodel
-_WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "PReLU", "Normalize"}
+_WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "PReLU", "Normalize", "BN"}

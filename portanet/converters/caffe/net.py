@@ -181,8 +181,27 @@ def _is_loss(layer_type: str) -> bool:
     return layer_type.endswith("Loss")
 
 
-def _data_layer_shape(layer: Any) -> list[int] | None:
-    """The shape a data layer declares, if it declares one (MemoryData, DummyData)."""
+def _crop(layer: Any, legacy: int = 0) -> int:
+    """The crop size of a data layer: transform_param's, or the layer's own deprecated field."""
+    return int(layer.transform_param.crop_size) or int(legacy)
+
+
+def _data_layer_shape(layer: Any) -> list[int | None] | None:
+    """The (N, C, H, W) a data layer fixes, None where it fixes none. Images are cropped to
+    ``crop_size`` squares, else resized to ``new_height`` x ``new_width`` (ImageData); colour
+    images have 3 channels. A ``Data`` layer's channels come from its database (None here,
+    filled from the first convolution's weights by :func:`infer_data_channels`)."""
+    if layer.type == "ImageData":
+        p = layer.image_data_param
+        crop = _crop(layer, p.crop_size)
+        hw = [crop, crop] if crop else [int(p.new_height), int(p.new_width)]
+        return [int(p.batch_size), 3 if p.is_color else 1, *hw] if all(hw) else None
+    if layer.type == "Data":
+        crop = _crop(layer, layer.data_param.crop_size)
+        return [int(layer.data_param.batch_size or 1), None, crop, crop] if crop else None
+    if layer.type == "WindowData":
+        crop = _crop(layer, layer.window_data_param.crop_size)
+        return [int(layer.window_data_param.batch_size or 1), 3, crop, crop] if crop else None
     if layer.type == "MemoryData" and layer.HasField("memory_data_param"):
         p = layer.memory_data_param
         return [p.batch_size, p.channels, p.height, p.width]
@@ -256,6 +275,21 @@ def attach_weights(deploy: DeployNet, raw_net: Any, *, path: str) -> None:
         blobs = by_name.get(layer.name)
         if blobs:
             layer.blobs = [blob_array(b, where=f"{path}: layer '{layer.name}' blob {i}: ") for i, b in enumerate(blobs)]
+
+
+def infer_data_channels(deploy: DeployNet) -> None:
+    """Fill an input's unknown channel count from the first Convolution reading it (its
+    weights' input channels times the group); otherwise the shape stays unknown."""
+    for spec in deploy.inputs:
+        if not spec.shape or None not in spec.shape:
+            continue
+        channels = None
+        for layer in deploy.layers:
+            if spec.name in layer.bottoms:
+                if layer.type == "Convolution" and layer.blobs and layer.blobs[0].ndim == 4:
+                    channels = int(layer.blobs[0].shape[1]) * max(1, int(layer.param.convolution_param.group))
+                break
+        spec.shape = [spec.shape[0], channels, *spec.shape[2:]] if channels is not None else None
 
 
 def apply_input_shapes(deploy: DeployNet, shapes: dict[str, list[int | str]], *, path: str) -> None:

@@ -95,8 +95,11 @@ def read_caffemodel(path: Path) -> Any:
             f"{path}: truncated or corrupt caffemodel ({len(data):,} bytes could not be decoded as a "
             f"Caffe NetParameter: {exc})"
         ) from exc
-    if not net.layer and not net.layers:
+    if not net.layer and not net.layers and not net.ListFields():
         raise InvalidModelError(f"{path}: not a caffemodel (no layers decoded from {len(data):,} bytes)")
+    if not net.layer and not net.layers:
+        # Caffe loads it too: a net without learned parameters (pooling, reshapes) has nothing to store
+        log.info("%s holds no layers: the net has no weights to load", path)
     return net
 
 

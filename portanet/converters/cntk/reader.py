@@ -13,6 +13,7 @@ arrays (``NDArrayView``, already in NumPy axis order: CNTK's column-major dims r
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,9 @@ class _Decoder:
         if any(d is None for d in shape.dims):
             raise InvalidModelError(f"{self.where}: tensor with an inferred dimension {shape.dims}")
         np_shape = tuple(int(d) for d in shape.numpy())  # type: ignore[arg-type]
-        size = int(np.prod(np_shape, dtype=np.int64))
+        size = math.prod(np_shape)  # exact: a corrupt shape must not wrap around int64
+        if math.prod(d for d in np_shape if d) >= 2**60:
+            raise InvalidModelError(f"{self.where}: tensor declares shape {list(shape.dims)}, larger than any array can be")
         which = view.WhichOneof("values")
         if which == "float_values":
             data = np.asarray(view.float_values.value, dtype=np.float32)
@@ -180,7 +183,7 @@ def _fill_pending(dec: _Decoder, tail: bytes, where: str) -> None:
     for parent, key, dtype, shape in dec.pending:
         # raw data is written with 4-byte (float) or 8-byte (double) little-endian words
         le = dtype.newbyteorder("<")
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         nbytes = n * le.itemsize
         if offset + nbytes > len(tail):
             raise InvalidModelError(

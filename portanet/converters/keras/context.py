@@ -17,6 +17,7 @@ import onnx_ir as ir
 from portanet.converters.keras import layout
 from portanet.errors import ConversionError
 from portanet.ir.builder import GraphBuilder
+from portanet.ir.frozen import mark_frozen
 
 
 def static_shape(tensor: Any) -> tuple[int | None, ...]:
@@ -29,6 +30,24 @@ def to_numpy(variable: Any, dtype: Any = None) -> np.ndarray:
     if hasattr(variable, "numpy"):
         return np.asarray(variable.numpy(), dtype=dtype)
     return np.asarray(variable, dtype=dtype)
+
+
+#: non-trainable Keras variables that Keras itself updates in training (BatchNormalization state)
+_UPDATED_STATE = ("moving_mean", "moving_variance")
+
+
+def frozen_reason(layer: Any, key: str) -> str | None:
+    """Why ``layer``'s weight ``key`` is frozen in Keras (``trainable=False`` layer, or a
+    non-trainable variable of that name), or None when Keras trains it."""
+    if not getattr(layer, "trainable", True):
+        return "keras trainable=False"
+    if key in _UPDATED_STATE:
+        return None
+    for var in getattr(layer, "weights", []):
+        name = str(getattr(var, "path", "") or getattr(var, "name", "")).split("/")[-1]
+        if name == key and not getattr(var, "trainable", True):
+            return "keras non-trainable weight"
+    return None
 
 
 class KerasContext:
@@ -107,7 +126,11 @@ class KerasContext:
         """An initializer for ``layer``'s weight ``key``; shared layers reuse it."""
         cache_key = (layer.name, key)
         if cache_key not in self._weights:
-            self._weights[cache_key] = self.b.initializer(f"{layer.name}/{key}", np.asarray(array))
+            value = self.b.initializer(f"{layer.name}/{key}", np.asarray(array))
+            reason = frozen_reason(layer, key)
+            if reason:
+                mark_frozen(value, reason)
+            self._weights[cache_key] = value
         return self._weights[cache_key]
 
     def const(self, array: Any, dtype: Any = np.float32) -> ir.Value:

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from portanet.converters.keras import layout, masking
 from portanet.converters.keras.context import KerasContext, static_shape
 from portanet.converters.keras.ops import HANDLERS
+from portanet.converters.keras.trace import TfTrace, splice_tf_trace
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError
 from portanet.ir.builder import BATCH, GraphBuilder
@@ -80,15 +81,62 @@ def iter_nodes(model: Any) -> Iterator[Any]:
         yield from fn._nodes_by_depth[depth]
 
 
-def collect_layers(model: Any) -> list[tuple[str, str]]:
-    """Every (layer name, handler key) in ``model``, nested models included."""
+class Traces:
+    """Traced calls of handler-less layers (see ``trace.py``), one per graph node, recorded
+    once by the unsupported-op scan and reused by the walk."""
+
+    def __init__(self) -> None:
+        self._by_node: dict[int, Any] = {}
+        self._keep: list[Any] = []
+        #: handler key -> why tracing failed (reported with the unsupported types)
+        self.failures: dict[str, str] = {}
+
+    def get(self, node: Any) -> Any:
+        """The node's Trace, or None when the operation has a handler (or is a layer graph)."""
+        key = id(node)
+        if key not in self._by_node:
+            self._keep.append(node)
+            self._by_node[key] = self._trace(node)
+        return self._by_node[key]
+
+    def _trace(self, node: Any) -> Any:
+        from portanet.converters.keras.trace import TraceError, trace_node
+
+        op = node.operation
+        kind = layer_type(op)
+        if kind in HANDLERS or kind.startswith("ops.") or (is_model(op) and has_layer_graph(op)):
+            return None
+        try:
+            return trace_node(node)
+        except TraceError as exc:
+            first = exc
+        try:
+            # a call that leaves keras.ops (raw tf.* functions): through TensorFlow and tf2onnx
+            from portanet.converters.keras.trace import trace_node_tf
+
+            return trace_node_tf(node)
+        except TraceError as exc:
+            self.failures[kind] = f"{first}; {exc}"
+            return None
+
+
+def collect_layers(model: Any, traces: Traces | None = None) -> list[tuple[str, str]]:
+    """Every (layer name, handler key) in ``model``, nested models and traced layers included."""
+    traces = traces if traces is not None else Traces()
     out: list[tuple[str, str]] = []
     skip = masking.mask_nodes(model)
     for node in iter_nodes(model):
         op = node.operation
-        if is_model(op):
-            out.extend(collect_layers(op))
-        elif layer_type(op) != "InputLayer" and id(node) not in skip:
+        if layer_type(op) == "InputLayer" or id(node) in skip:
+            continue
+        trace = traces.get(node)
+        if isinstance(trace, TfTrace):
+            continue  # standard ONNX ops only (checked when traced)
+        if trace is not None:
+            out.extend(collect_layers(trace.model, traces))
+        elif is_model(op) and has_layer_graph(op):
+            out.extend(collect_layers(op, traces))
+        else:
             out.append((op.name, masking.refused_variant(node, layer_type(op)) or layer_type(op)))
     return out
 
@@ -135,36 +183,67 @@ def _np_dtype(dtype: Any) -> np.dtype:
         return np.dtype(np.float32)
 
 
-def _walk(ctx: KerasContext, model: Any, path: str | None) -> None:
-    """Convert every node of ``model`` in execution order; nested models recursively."""
+def _walk(ctx: KerasContext, model: Any, path: str | None, traces: Traces,
+          source: tuple[str, str] | None = None) -> None:
+    """Convert every node of ``model`` in execution order; nested models recursively.
+    ``source`` (a traced layer's name and type) overrides the provenance of every node."""
     skip = masking.mask_nodes(model)  # compute_mask's own nodes: masks come from masking.MASK_RULES
     for node in iter_nodes(model):
         op = node.operation
         if layer_type(op) == "InputLayer" or id(node) in skip:
             continue
         ins, outs = list(node.input_tensors), list(node.output_tensors)
+        trace = traces.get(node)
+        if trace is not None:
+            _walk_traced(ctx, node, trace, path, traces, source)
+            continue
         if is_model(op):
             inner = functional_of(op)
             for inner_t, outer_t in zip(inner.inputs, ins):
                 ctx.alias(inner_t, outer_t)
-            _walk(ctx, op, path)
+            _walk(ctx, op, path, traces, source)
             for outer_t, inner_t in zip(outs, inner.outputs):
                 ctx.alias(outer_t, inner_t)
             continue
         kind = layer_type(op)
         ctx.node = node
-        with ctx.b.layer(op.name, kind):
+        with ctx.b.layer(*(source or (op.name, kind))):
             HANDLERS.call(kind, op.name, ctx, op, ins, outs, path=path)
         masking.after_layer(ctx, op, kind, node)
 
 
+def _walk_traced(ctx: KerasContext, node: Any, trace: Any, path: str | None, traces: Traces,
+                 source: tuple[str, str] | None) -> None:
+    """A traced layer call: its recorded graph, every node under the layer's own provenance;
+    the layer's first output is the last value carrying it (what bisection compares)."""
+    op = node.operation
+    src = source or (op.name, layer_type(op))
+    if isinstance(trace, TfTrace):
+        with ctx.b.layer(*src):
+            splice_tf_trace(ctx, trace, op.name)
+        return
+    for outer_t, inner_t in trace.bindings:
+        ctx.alias(inner_t, outer_t)
+    _walk(ctx, trace.model, path, traces, src)
+    outs = list(node.output_tensors)
+    for outer_t, inner_t in zip(outs, trace.model.outputs):
+        ctx.alias(outer_t, inner_t)
+    if source is None and outs:
+        value, perm = ctx.get_any(outs[0])
+        with ctx.b.layer(*src):
+            if not ctx.b.nodes or ctx.b.nodes[-1].outputs[0] is not value:
+                ctx.set(outs[0], ctx.op("Identity", [value]), perm)
+            ctx.layer_perms[op.name] = perm
+
+
 def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence[Any] = (),
-                  path: str | None = None) -> ir.Model:
+                  path: str | None = None, graph_output_names: Sequence[str] | None = None) -> ir.Model:
     """Convert a built Keras 3 model to the IR (NCHW inside; see ``interface_perm``)."""
     import portanet.converters.keras.ops  # noqa: F401  (registers every handler family)
 
     fn = functional_of(model)
-    HANDLERS.check_supported(collect_layers(model), path=path)
+    traces = Traces()
+    _check_supported(collect_layers(model, traces), traces, path)
     b = GraphBuilder(FRAMEWORK, name=model.name)
     ctx = KerasContext(b)
     nchw = bool(options.nchw)
@@ -192,10 +271,10 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
             dims = list(want)
         value = b.add_input(name, dims, _np_dtype(t.dtype))
         ctx.set(t, value, perm)
-    out_names = output_names(model)
+    out_names = list(graph_output_names) if graph_output_names else output_names(model)
     for name in out_names:  # reserved so that graph outputs carry exactly the Keras layer names
         b.unique_value_name(name)
-    _walk(ctx, model, path)
+    _walk(ctx, model, path, traces)
     for name, t in zip(out_names, fn.outputs):
         perm = interface_perm(len(t.shape), nchw)
         op = t._keras_history.operation
@@ -209,6 +288,12 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
     extra = {"portanet.keras.layouts": _layouts_json(ctx.layer_perms)}
     model_ir = b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra, infer=False)
     return infer_shapes(model_ir)
+
+
+def _check_supported(layers: list[tuple[str, str]], traces: Traces, path: str | None) -> None:
+    for kind, why in traces.failures.items():
+        log.info("keras layer type %s has no handler and %s", kind, why)
+    HANDLERS.check_supported(layers, path=path)
 
 
 def _layouts_json(perms: dict[str, layout.Perm]) -> str:

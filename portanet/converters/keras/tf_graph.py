@@ -169,8 +169,67 @@ def convert_saved_model(path: Path, options: ConvertOptions) -> ir.Model:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{path}: TensorFlow cannot load the SavedModel ({first})") from exc
+        # SavedModels written by older TensorFlow can fail in TF2's object loader (e.g.
+        # "'_UserObject' object has no attribute 'add_slot'"); their serving graph still loads
+        # through the v1 loader
+        log.info("tf.saved_model.load failed on %s (%s: %s); trying the v1 loader", path, type(exc).__name__,
+                 str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return convert_saved_model_v1(path, options, cause=exc)
     fn, _specs, _names = signature_function(loaded, path)
     model = convert_function(fn, options, source_files=[path])
     return model
+
+
+def convert_saved_model_v1(path: Path, options: ConvertOptions, *, cause: BaseException | None = None) -> ir.Model:
+    """Convert a SavedModel's serving signature through the TensorFlow 1 loader: the
+    signature's graph is loaded into a ``tf.compat.v1.Session``, its variables frozen to
+    constants, and the GraphDef converted with tf2onnx. Inputs and outputs take the
+    signature's keys as names."""
+    tf = require("tensorflow")
+    tf2onnx = require("tf2onnx")
+    v1 = tf.compat.v1
+    try:
+        with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+            meta = v1.saved_model.loader.load(sess, [v1.saved_model.tag_constants.SERVING], str(path))
+            sigs = dict(meta.signature_def)
+            if not sigs:
+                raise InvalidModelError(f"{path}: SavedModel has no signatures to convert")
+            key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+            sig = sigs[key]
+            ins = {k: sig.inputs[k].name for k in sorted(sig.inputs)}
+            outs = {k: sig.outputs[k].name for k in sorted(sig.outputs)}
+            frozen = v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [t.split(":")[0] for t in outs.values()])
+    except InvalidModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for bad folders
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"; TensorFlow 2's loader: {str(cause).strip().splitlines()[0]}" if cause and str(cause).strip() else ""
+        raise InvalidModelError(f"{path}: TensorFlow cannot load the SavedModel ({first}{why})") from exc
+    kwargs: dict[str, Any] = {}
+    if options.nchw:
+        shapes = {t.name: t for t in sig.inputs.values()}
+        rank4 = [name for name, info in shapes.items() if len(info.tensor_shape.dim) == 4]
+        kwargs = {"inputs_as_nchw": rank4} if rank4 else {}
+    try:
+        proto, _ = tf2onnx.convert.from_graph_def(frozen, input_names=list(ins.values()),
+                                                  output_names=list(outs.values()), opset=CANONICAL_OPSET, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {lines[-1] if lines else ''}",
+                              framework=FRAMEWORK, path=str(path)) from exc
+    if options.nchw:
+        _outputs_to_nchw(proto)
+    _rename_interface(proto, {v: k for k, v in {**ins, **outs}.items()})
+    return _to_ir(proto, options, [path])
+
+
+def _rename_interface(proto: Any, names: dict[str, str]) -> None:
+    """Rename graph inputs/outputs (TensorFlow tensor names -> signature keys) everywhere."""
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        if vi.name in names:
+            old, new = vi.name, names[vi.name]
+            for node in proto.graph.node:
+                node.input[:] = [new if i == old else i for i in node.input]
+                node.output[:] = [new if o == old else o for o in node.output]
+            vi.name = new

@@ -153,7 +153,10 @@ def convert_checkpoint(
     symbol = load_symbol(symbol_path)
     where = str(symbol_path)
     # every unsupported op type at once, before converting anything
-    HANDLERS.check_supported(((n.name, n.op) for n in symbol.op_nodes()), path=where)
+    # (recurrent variants portanet cannot express count as types of their own)
+    from portanet.converters.mxnet.handlers.rnn import op_variant
+
+    HANDLERS.check_supported(((n.name, op_variant(n)) for n in symbol.op_nodes()), path=where)
     params = load_params(params_path)
     _check_input_names(symbol, opts, params)
     builder = GraphBuilder("mxnet", name=Path(symbol_prefix(symbol_path)).name)

@@ -28,6 +28,9 @@ class OnnxImporter(Importer):
             raise InvalidInputError(f"ONNX conversion takes one .onnx file, got {len(paths)}")
         model = load_onnx(paths[0])
         apply_input_shapes(model, options.input_shapes, where=str(paths[0]))
+        from portanet.converters.onnx.custom import expand_custom_nodes
+
+        expand_custom_nodes(model, path=str(paths[0]))  # users' handlers (portanet.register_layer)
         add_self_provenance(model)
         keep = {k: v for k, v in model.metadata_props.items() if k.startswith("portanet.parity")}
         framework = model.metadata_props.get(FRAMEWORK_KEY, "onnx")

@@ -27,6 +27,7 @@ from portanet._deps import require
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
 from portanet.ir.builder import BATCH, CANONICAL_OPSET
+from portanet.ir.frozen import mark_frozen
 from portanet.ir.io import convert_opset
 from portanet.ir.metadata import set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
@@ -61,6 +62,14 @@ def _forward_params(module: Any) -> list[str]:
     return [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def _schema_params(module: Any) -> list[str]:
+    # a ScriptModule's forward has a TorchScript schema instead of a Python signature
+    try:
+        return [a.name for a in module.forward.schema.arguments[1:]]
+    except (AttributeError, RuntimeError):
+        return []
+
+
 def example_inputs_for(module: Any, options: ConvertOptions, *, where: str) -> tuple[Any, ...]:
     """The positional example inputs: ``options.example_inputs`` or random tensors of ``--input-shape``."""
     import torch
@@ -80,7 +89,7 @@ def example_inputs_for(module: Any, options: ConvertOptions, *, where: str) -> t
             raise InvalidInputError(f"{where}: give either one unnamed --input-shape or named ones, not both")
         ordered = [shapes[""]]
     else:
-        params = _forward_params(module) if module is not None else []
+        params = (_forward_params(module) or _schema_params(module)) if module is not None else []
         unknown = [n for n in shapes if params and n not in params]
         if unknown:
             raise InvalidInputError(
@@ -96,16 +105,58 @@ def example_inputs_for(module: Any, options: ConvertOptions, *, where: str) -> t
     return tuple(out)
 
 
-def _trace_args(args: tuple[Any, ...], dynamic: bool) -> tuple[Any, ...]:
-    """Repeat batch-1 examples to batch 2 when the batch is dynamic (torch.export would pin a 1)."""
-    if not dynamic:
-        return args
+def _trace_args(args: tuple[Any, ...], axes: Sequence[dict[int, str] | None]) -> tuple[Any, ...]:
+    """Repeat size-1 examples along dynamic axes to size 2 (torch.export would pin a 1)."""
     out = []
-    for a in args:
-        if a.ndim >= 1 and a.shape[0] == 1:
-            a = a.expand(_TRACE_BATCH, *a.shape[1:]).clone()
+    for a, ax in zip(args, axes):
+        for axis in sorted(ax or {}):
+            if a.shape[axis] == 1:
+                a = a.repeat_interleave(_TRACE_BATCH, dim=axis)
         out.append(a)
     return tuple(out)
+
+
+#: the name of the symbolic time axis of recurrent models
+TIME = "T"
+
+
+def dynamic_axes(module: Any, args: tuple[Any, ...], options: ConvertOptions) -> list[dict[int, str]]:
+    """Per positional input: axis -> symbolic dimension name.
+
+    * the batch axis (``N``) when ``options.dynamic_batch``: axis 0, or axis 1 of the first
+      input of a time-major recurrent model (``nn.LSTM/GRU/RNN`` with ``batch_first=False``)
+      and of the rank-3 inputs after it (initial states);
+    * the time axis (``T``) of the first input of a model holding recurrent layers, so one
+      conversion serves every sequence length;
+    * every other dimension ``--input-shape`` names with a symbol (``Nx28xT``)."""
+    import torch
+
+    rnns = []
+    if isinstance(module, torch.nn.Module):
+        # nn.LSTM / GRU / RNN, also as scripted submodules (which keep their original name)
+        rnns = [bool(getattr(m, "batch_first", False)) for m in module.modules()
+                if isinstance(m, torch.nn.RNNBase) or getattr(m, "original_name", None) in ("LSTM", "GRU", "RNN")]
+    time_major = bool(rnns) and not all(rnns)
+    axes: list[dict[int, str]] = []
+    for i, a in enumerate(args):
+        ax: dict[int, str] = {}
+        if a.ndim >= 1 and options.dynamic_batch:
+            # recurrent models: a time-major sequence and the (layers*dirs, N, H) states
+            # carry the batch on axis 1
+            state = i > 0 and bool(rnns) and a.ndim == 3
+            ax[1 if (i == 0 and time_major and a.ndim >= 2) or state else 0] = BATCH
+        if i == 0 and rnns and a.ndim >= 2:
+            ax[0 if time_major else 1] = TIME
+        axes.append(ax)
+    shapes = options.input_shapes
+    if shapes:
+        params = _forward_params(module) or _schema_params(module)
+        keyed = [shapes[""]] if "" in shapes else [shapes[n] for n in params if n in shapes]
+        for ax, dims in zip(axes, keyed):
+            for k, d in enumerate(dims):
+                if isinstance(d, str) and k not in ax:
+                    ax[k] = d
+    return axes
 
 
 # ------------------------------------------------------------------------------------ export
@@ -153,14 +204,25 @@ def export_to_ir(
     if isinstance(obj, torch.export.ExportedProgram):
         args: tuple[Any, ...] = ()
         module = obj
+    elif isinstance(obj, torch.jit.ScriptModule):
+        from portanet.converters.pytorch.torchscript import export_scripted
+
+        return export_scripted(obj, options, source_files=source_files, where=where)
     elif isinstance(obj, torch.nn.Module):
-        args = _trace_args(example_inputs_for(obj, options, where=where), dynamic)
+        refused = unsupported_modules(obj)
+        if refused:
+            raise UnsupportedOpError(refused, framework=FRAMEWORK, path=where)
+        example = example_inputs_for(obj, options, where=where)
+        axes = dynamic_axes(obj, example, options)
+        args = _trace_args(example, axes)
         module = obj
         was_training = obj.training
         obj.eval()
-        if dynamic:
-            batch = torch.export.Dim(BATCH)
-            kwargs["dynamic_shapes"] = tuple({0: batch} if a.ndim >= 1 else None for a in args)
+        if any(axes):
+            dims: dict[str, Any] = {}
+            kwargs["dynamic_shapes"] = tuple(
+                {k: dims.setdefault(name, torch.export.Dim(name)) for k, name in ax.items()} or None for ax in axes
+            )
     else:
         raise InvalidInputError(f"{where}: expected an nn.Module or ExportedProgram, received {type(obj).__name__}")
     try:
@@ -178,18 +240,42 @@ def export_to_ir(
     model = program.model
     map_provenance(model)
     _fold_constants(model, where)
+    model = finish_model(model, options, source_files=source_files, where=where, pin_shapes=args == ())
+    if dynamic and isinstance(obj, torch.export.ExportedProgram):
+        _warn_static_batch(model, where)
+    _mark_frozen_parameters(model, obj)
+    return model
+
+
+def _mark_frozen_parameters(model: ir.Model, obj: Any) -> None:
+    """Parameters with ``requires_grad=False`` (initializers keep the state-dict names)."""
+    import torch
+
+    if isinstance(obj, torch.export.ExportedProgram):
+        named = obj.state_dict.items()
+    else:
+        named = obj.named_parameters()
+    inits = model.graph.initializers
+    for name, p in named:
+        if isinstance(p, torch.nn.Parameter) and not p.requires_grad and name in inits:
+            mark_frozen(inits[name], "pytorch requires_grad=False")
+
+
+def finish_model(model: ir.Model, options: ConvertOptions, *, source_files: Sequence[Any], where: str,
+                 pin_shapes: bool) -> ir.Model:
+    """Common tail of every PyTorch export: canonical opset, producer, input shapes, the
+    batch dimension named ``N``, metadata."""
     proto = ir.serde.serialize_model(model)
     proto = convert_opset(proto, CANONICAL_OPSET, where=where)
     model = ir.serde.deserialize_model(proto)
     from portanet import __version__
 
     model.producer_name, model.producer_version = "portanet", __version__
-    if args == () and options.input_shapes:
-        _pin_input_shapes(model, options.input_shapes, dynamic, where)
-    if dynamic:
-        _rename_batch_dims(model)
-        if isinstance(obj, torch.export.ExportedProgram):
-            _warn_static_batch(model, where)
+    if pin_shapes and options.input_shapes:
+        _pin_input_shapes(model, options.input_shapes, options.dynamic_batch, where)
+    if options.dynamic_batch:
+        named = {d for dims in options.input_shapes.values() for d in dims[1:] if isinstance(d, str)}
+        _rename_batch_dims(model, keep={TIME} | named)
     set_model_metadata(model, framework=FRAMEWORK, source_files=source_files, options=options.as_metadata())
     return model
 
@@ -208,6 +294,19 @@ def _fold_constants(model: ir.Model, where: str) -> None:
         RemoveUnusedNodesPass()(model)
     except Exception as exc:  # noqa: BLE001 - folding is a nicety, the unfolded graph is correct
         log.debug("%s: constant folding skipped (%s)", where, exc)
+
+
+def unsupported_modules(module: Any) -> dict[str, list[str]]:
+    """Module variants torch's exporter translates wrongly or not at all, by kind -> paths:
+    ``nn.LSTM(proj_size>0)`` (the exporter's LSTM drops the projection and writes an
+    invalid model)."""
+    import torch
+
+    found: dict[str, list[str]] = {}
+    for path, m in module.named_modules():
+        if isinstance(m, torch.nn.LSTM) and m.proj_size > 0:
+            found.setdefault("LSTM(proj_size>0)", []).append(path or type(module).__name__)
+    return found
 
 
 def _scan_unsupported(module: Any, args: tuple[Any, ...], dynamic_shapes: Any) -> dict[str, list[str]]:
@@ -332,13 +431,14 @@ def _warn_static_batch(model: ir.Model, where: str) -> None:
     )
 
 
-def _rename_batch_dims(model: ir.Model) -> None:
+def _rename_batch_dims(model: ir.Model, keep: set[str]) -> None:
     """Name the inputs' symbolic batch dimension ``N`` everywhere (torch calls it s0, s31, ...)."""
     names = set()
     for v in model.graph.inputs:
         if v.shape is not None and len(v.shape) and not isinstance(v.shape[0], int):
             sym = getattr(v.shape[0], "value", None)
-            if sym and sym != BATCH:
+            # names given on purpose (the time axis, --input-shape symbols) stay
+            if sym and sym != BATCH and sym not in keep:
                 names.add(sym)
     if not names:
         return

@@ -28,8 +28,13 @@ class PyTorchImporter(Importer):
     suffixes = SUFFIXES
 
     def detect(self, path: Path) -> bool:
-        if not path.is_file() or path.suffix.lower() not in SUFFIXES:
+        if not path.is_file():
             return False
+        if path.suffix.lower() not in SUFFIXES:
+            # TorchScript archives come with any suffix (.jit, .torchscript, ...): by content
+            from portanet.converters.pytorch.loading import is_torchscript
+
+            return zipfile.is_zipfile(path) and is_torchscript(path)
         # every modern torch file (.pt2, TorchScript, torch.save) is a zip archive; old
         # torch.save files are raw pickles, which the loader handles with its own message
         return path.suffix.lower() != ".bin" or zipfile.is_zipfile(path)
@@ -47,9 +52,9 @@ class PyTorchImporter(Importer):
 
     def convert(self, paths: Sequence[Path], options: ConvertOptions) -> ir.Model:
         from portanet.converters.pytorch.exporter import export_to_ir
-        from portanet.converters.pytorch.loading import load_source
+        from portanet.converters.pytorch.loading import is_torchscript, load_source
 
-        files = [p for p in paths if p.suffix.lower() in SUFFIXES]
+        files = [p for p in paths if p.suffix.lower() in SUFFIXES or (p.is_file() and is_torchscript(p))]
         if len(files) != 1:
             raise InvalidInputError(
                 f"PyTorch conversion takes one model file (.pt2, .pt, .pth), got {', '.join(map(str, paths))}"

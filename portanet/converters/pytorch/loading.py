@@ -49,12 +49,17 @@ def load_source(path: Path, options: ConvertOptions) -> Any:
     require("torch")
     if path.stat().st_size == 0:
         raise InvalidModelError(f"{path}: empty file")
-    names = _zip_names(path)
     if path.suffix.lower() == ".pt2":
         return load_pt2(path)
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    if is_torchscript(path):
         return load_torchscript(path, options)
     return load_saved(path, options)
+
+
+def is_torchscript(path: Path) -> bool:
+    """A ``torch.jit.save`` archive, whatever its suffix (``.pt``, ``.jit``, ...): a zip with
+    TorchScript's ``<name>/constants.pkl`` or ``<name>/code/`` entries."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in _zip_names(path))
 
 
 #: torch loggers that report a broken archive with a full traceback before raising
@@ -92,7 +97,8 @@ def load_pt2(path: Path) -> Any:
 
 
 def load_torchscript(path: Path, options: ConvertOptions) -> Any:
-    """TorchScript -> ExportedProgram through torch's converter (needs an example input)."""
+    """A TorchScript archive as a ``ScriptModule`` in eval mode (the exporter picks the route,
+    see ``torchscript.export_scripted``)."""
     import torch
 
     try:
@@ -100,22 +106,7 @@ def load_torchscript(path: Path, options: ConvertOptions) -> Any:
             script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InvalidModelError(f"{path}: not a readable TorchScript archive ({_first_line(exc)})") from exc
-    script.eval()
-    from portanet.converters.pytorch.exporter import example_inputs_for
-
-    args = example_inputs_for(None, options, where=str(path))
-    try:
-        from torch._export.converter import TS2EPConverter
-
-        with _quiet_torch():
-            return TS2EPConverter(script, args).convert()
-    except Exception as exc:  # noqa: BLE001
-        raise ConversionError(
-            f"torch cannot convert this TorchScript model to an ExportedProgram ({_first_line(exc)}); "
-            "export the original nn.Module with torch.export.save(torch.export.export(model, args), 'model.pt2') "
-            "and convert the .pt2",
-            framework=FRAMEWORK, path=str(path),
-        ) from exc
+    return script.eval()
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, Any] | None:
@@ -148,6 +139,7 @@ def load_saved(path: Path, options: ConvertOptions) -> Any:
                 framework=FRAMEWORK, path=str(path),
             ) from exc
         log.warning("%s: unpickling a whole model (--trust-pickle)", path)
+        import_from_working_directory()  # the pickle names the model's classes by module
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
@@ -194,6 +186,14 @@ def _compare_keys(expected: Mapping[str, Any], received: Mapping[str, Any]) -> t
     return missing, unexpected
 
 
+def import_from_working_directory() -> None:
+    """Let user modules import from the working directory, as ``python -m`` does (a console
+    script's ``sys.path`` starts with its own folder instead)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def build_from_factory(spec: str, *, where: str) -> Any:
     """``pkg.module:Factory`` -> ``Factory()``, which must return an ``nn.Module``."""
     import torch
@@ -201,10 +201,7 @@ def build_from_factory(spec: str, *, where: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise InvalidInputError(f"--model-class '{spec}': expected pkg.module:Factory")
-    # like `python -m`, look in the working directory first (a console script's sys.path lacks it)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    import_from_working_directory()
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:

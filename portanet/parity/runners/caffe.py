@@ -1,7 +1,19 @@
-"""Caffe reference runner: OpenCV's DNN module (4.x), an independent Caffe implementation.
+"""Caffe reference runner: real BVLC Caffe where it is built, OpenCV's DNN module (4.x), an
+independent Caffe implementation, otherwise.
 
 ``run_reference(sources, feeds, layers=..., options=...)`` follows the contract in
-``portanet.parity.runners``. OpenCV gets the original files whenever it can run them as
+``portanet.parity.runners``; :func:`describe` says which reference it uses for given sources.
+
+**Real Caffe** runs in a subprocess (it is never imported into portanet): the python is
+``$PORTANET_CAFFE_PYTHON``, else the current interpreter when it can ``import caffe`` (the
+user's own pycaffe), else ``<repo>/.venv-caffe/venv/bin/python`` (``make caffe-env``). It is used
+when every layer of the net is one Caffe registers (SSD and fork layers are not: OpenCV runs
+those nets). ``$PORTANET_CAFFE_REFERENCE`` (or the option ``caffe_reference``) = ``caffe`` /
+``opencv`` forces one. Real Caffe also gives the loss and parameter gradients for
+``verify --train`` (:func:`caffe_gradients`). Requested layers are read from an equivalent net
+whose in-place layers write fresh blobs, so every layer's own output is observable.
+
+**OpenCV** gets the original files whenever it can run them as
 Caffe would. Where OpenCV is known to deviate from Caffe, or cannot read a construct, it is
 given an equivalent rewritten net instead (listed by :func:`opencv_net` in its ``notes``):
 
@@ -21,6 +33,14 @@ outputs are the layers' own and 3x3 convolutions are computed exactly.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +50,9 @@ from typing import Any
 import numpy as np
 
 from portanet._deps import require
-from portanet.errors import InvalidInputError, RuntimeBackendError
+from portanet.errors import InvalidInputError, MissingDependencyError, RuntimeBackendError
+
+log = logging.getLogger(__name__)
 
 #: layer types OpenCV's Caffe importer gets wrong with no equivalent rewrite
 _IRREPRODUCIBLE = {"Bias": "OpenCV has no Bias layer"}
@@ -192,7 +214,7 @@ def opencv_net(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options:
     return OpenCVNet(proto_path, model_path, blob_layer, alias, notes, tmp)
 
 
-def run_reference(
+def run_opencv(
     sources: Sequence[Any],
     feeds: Mapping[str, np.ndarray],
     *,
@@ -231,3 +253,278 @@ def run_reference(
         raise RuntimeBackendError(f"OpenCV failed to run the Caffe net: {str(exc).strip().splitlines()[-1]}") from exc
     by_layer = dict(zip(names, results))
     return {key: np.asarray(by_layer[cv]) for key, cv in wanted.items()}
+
+
+
+# ------------------------------------------------------------------------------ real Caffe
+#: runs inside Caffe's python: argv = [request.json]; writes out.npz (or the layer types as JSON)
+_SCRIPT = r"""
+import json, os, sys
+os.environ.setdefault("GLOG_minloglevel", "2")
+import numpy as np
+import caffe
+
+caffe.set_mode_cpu()
+req = json.load(open(sys.argv[1]))
+if req.get("types"):
+    json.dump(sorted(caffe.layer_type_list()), open(req["out"], "w"))
+    sys.exit(0)
+if req["weights"]:
+    net = caffe.Net(req["prototxt"], caffe.TEST, weights=req["weights"])
+else:
+    net = caffe.Net(req["prototxt"], caffe.TEST)
+feeds = dict(np.load(req["feeds"]))
+for k, v in feeds.items():
+    net.blobs[k].reshape(*v.shape)
+net.reshape()
+for k, v in feeds.items():
+    net.blobs[k].data[...] = v
+net.forward()
+out = {}
+for name in req["outputs"]:
+    out["out:" + name] = net.blobs[name].data.copy()
+for layer, blob in req["layers"]:
+    out["layer:" + layer] = net.blobs[blob].data.copy()
+if req.get("targets"):
+    targets = dict(np.load(req["targets"]))
+    loss = 0.0
+    diffs = {}
+    for name, t in targets.items():
+        o = net.blobs[name].data.astype(np.float64)
+        loss += float(np.mean((o - t) ** 2))
+        diffs[name] = (2.0 * (o - t) / o.size).astype(np.float32)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.diff[...] = 0
+    net.backward(**diffs)
+    out["loss"] = np.asarray(loss)
+    for layer, blobs in net.params.items():
+        for i, b in enumerate(blobs):
+            out["value:%s:%d" % (layer, i)] = b.data.copy()
+            out["grad:%s:%d" % (layer, i)] = b.diff.copy()
+np.savez(req["out"], **out)
+"""
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def caffe_python() -> Path | None:
+    """The python that runs real Caffe, or None when there is none (see the module docstring)."""
+    env = os.environ.get("PORTANET_CAFFE_PYTHON")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    if importlib.util.find_spec("caffe") is not None:
+        return Path(sys.executable)
+    built = REPO / ".venv-caffe" / "venv" / "bin" / "python"
+    return built if built.is_file() and os.access(built, os.X_OK) else None
+
+
+def _subprocess(py: Path, request: dict[str, Any], folder: Path) -> subprocess.CompletedProcess:
+    (folder / "run.py").write_text(_SCRIPT)
+    (folder / "request.json").write_text(json.dumps(request))
+    env = dict(os.environ, GLOG_minloglevel="2", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return subprocess.run([str(py), str(folder / "run.py"), str(folder / "request.json")], env=env,
+                          capture_output=True, text=True)
+
+
+@functools.cache
+def caffe_layer_types(py: Path | None = None) -> frozenset[str]:
+    """The layer types the real Caffe registers (empty when there is no real Caffe)."""
+    py = py or caffe_python()
+    if py is None:
+        return frozenset()
+    with tempfile.TemporaryDirectory(prefix="portanet-caffe-") as tmp:
+        out = Path(tmp) / "types.json"
+        proc = _subprocess(py, {"types": True, "out": str(out)}, Path(tmp))
+        if proc.returncode != 0:
+            log.warning("real Caffe at %s does not start: %s", py, (proc.stderr or "").strip().splitlines()[-1:])
+            return frozenset()
+        return frozenset(json.loads(out.read_text()))
+
+
+def _definition(sources: Sequence[Any], options: Any) -> tuple[Any, Path | None, Path | None]:
+    from portanet.converters.caffe import net as caffe_net
+    from portanet.converters.caffe import reader
+    from portanet.converters.caffe.converter import classify_sources
+
+    prototxt, weights = classify_sources([Path(s) for s in sources], _options(options))
+    raw = reader.read_caffemodel(weights) if weights is not None else None
+    definition = reader.read_prototxt(prototxt) if prototxt is not None else reader.strip_blobs(raw)
+    caffe_net.upgrade_v1(definition)
+    caffe_net.upgrade_inputs(definition)
+    return definition, prototxt, weights
+
+
+def _choice(options: Any) -> str:
+    if isinstance(options, Mapping) and options.get("caffe_reference"):
+        return str(options["caffe_reference"])
+    return os.environ.get("PORTANET_CAFFE_REFERENCE", "auto")
+
+
+def uses_real_caffe(sources: Sequence[Any], options: Any = None) -> bool:
+    """Whether :func:`run_reference` runs real Caffe for these sources."""
+    choice = _choice(options)
+    if choice == "opencv":
+        return False
+    py = caffe_python()
+    if py is None or not caffe_layer_types(py):
+        if choice == "caffe":
+            raise MissingDependencyError("real Caffe (pycaffe; `make caffe-env` builds it into .venv-caffe)", "caffe-ref")
+        return False
+    definition, _, _ = _definition(sources, options)
+    unknown = {lp.type for lp in definition.layer} - caffe_layer_types(py)
+    if unknown and choice == "caffe":
+        raise RuntimeBackendError(f"real Caffe has no layer type(s) {', '.join(sorted(unknown))}")
+    return not unknown
+
+
+def describe(sources: Sequence[Any], options: Any = None) -> str:
+    """Which implementation serves as the Caffe reference for ``sources``."""
+    if uses_real_caffe(sources, options):
+        return f"BVLC Caffe 1.0 (pycaffe, {caffe_python()})"
+    cv2 = require("cv2")
+    return f"OpenCV DNN {cv2.__version__}"
+
+
+def _caffe_files(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options: Any, layers: Sequence[str],
+                 folder: Path, force_backward: bool = False) -> tuple[Path, Path | None, dict[str, str]]:
+    """(prototxt, caffemodel, requested layer -> blob holding its output) for real Caffe.
+
+    Train/test nets become their TEST-phase deploy graph with ``Input`` layers of the feeds'
+    shapes; with requested layers, every layer writes fresh blobs (in-place layers included)."""
+    from google.protobuf import text_format
+
+    from portanet.converters.caffe import net as caffe_net
+    from portanet.converters.caffe import schema
+
+    definition, prototxt, weights = _definition(sources, options)
+    train_test = any(
+        lp.type in caffe_net.DATA_LAYERS or lp.include or lp.exclude or lp.type.endswith("Loss")
+        or lp.type in caffe_net.DROPPED_LAYERS
+        for lp in definition.layer
+    )
+    if prototxt is not None and not train_test and not layers and not force_backward:
+        return prototxt, weights, {}
+    if train_test:
+        deploy = caffe_net.deploy_graph(definition, path=str(prototxt or weights))
+        out_layers = []
+        for spec in deploy.inputs:
+            if spec.name not in feeds:
+                raise InvalidInputError(f"no feed for input '{spec.name}'")
+            lp = schema.messages()["LayerParameter"](name=spec.name, type="Input")
+            lp.top.append(spec.name)
+            lp.input_param.shape.add().dim.extend(feeds[spec.name].shape)
+            out_layers.append(lp)
+        out_layers += [layer.param for layer in deploy.layers]
+    else:
+        out_layers = list(definition.layer)
+    blob_of: dict[str, str] = {}
+    if layers:
+        last = {t: i for i, lp in enumerate(out_layers) for t in lp.top}
+        current: dict[str, str] = {}
+        for i, lp in enumerate(out_layers):
+            bottoms = [current.get(b, b) for b in lp.bottom]
+            del lp.bottom[:]
+            lp.bottom.extend(bottoms)
+            tops = [t if last[t] == i else f"{t}@{lp.name}" for t in lp.top]
+            current.update(zip(lp.top, tops))
+            del lp.top[:]
+            lp.top.extend(tops)
+            if tops:
+                blob_of[lp.name] = tops[0]
+    net = schema.messages()["NetParameter"](name=definition.name)
+    net.layer.extend(out_layers)
+    if force_backward:  # without a loss layer Caffe computes no gradient otherwise
+        net.force_backward = True
+    path = folder / "deploy.prototxt"
+    path.write_text(text_format.MessageToString(net))
+    return path, weights, {k: v for k, v in blob_of.items() if k in set(layers)}
+
+
+def run_caffe(
+    sources: Sequence[Any],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    layers: Sequence[str] | None = None,
+    options: Any = None,
+    targets: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Run the net in real Caffe (TEST phase). Outputs by blob name, requested layers' outputs
+    by layer name; with ``targets`` also ``loss`` and ``params`` [(layer, index, value, grad)]
+    of one backward pass of the mean squared error to them."""
+    py = caffe_python()
+    if py is None:
+        raise MissingDependencyError("real Caffe (pycaffe; `make caffe-env` builds it into .venv-caffe)", "caffe-ref")
+    opts = options if isinstance(options, Mapping) else {}
+    output_names = list(opts.get("output_names") or [])
+    if targets:
+        output_names = list(dict.fromkeys([*output_names, *targets]))
+    with tempfile.TemporaryDirectory(prefix="portanet-caffe-") as tmp:
+        folder = Path(tmp)
+        proto, weights, blob_of = _caffe_files(sources, feeds, options, list(layers or []), folder,
+                                               force_backward=bool(targets))
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+        (folder / "feeds.npz").write_bytes(buf.getvalue())
+        request: dict[str, Any] = {
+            "prototxt": str(proto), "weights": str(weights) if weights else "", "feeds": str(folder / "feeds.npz"),
+            "outputs": output_names, "layers": list(blob_of.items()), "out": str(folder / "out.npz"),
+        }
+        if targets:
+            tbuf = io.BytesIO()
+            np.savez(tbuf, **{k: np.asarray(v, dtype=np.float64) for k, v in targets.items()})
+            (folder / "targets.npz").write_bytes(tbuf.getvalue())
+            request["targets"] = str(folder / "targets.npz")
+        proc = _subprocess(py, request, folder)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()]
+            raise RuntimeBackendError(f"real Caffe failed to run the net: {lines[-1] if lines else proc.returncode}")
+        with np.load(folder / "out.npz") as z:
+            raw = {k: z[k] for k in z.files}
+    result: dict[str, Any] = {k[4:]: v for k, v in raw.items() if k.startswith("out:")}
+    result.update({k[6:]: v for k, v in raw.items() if k.startswith("layer:")})
+    if targets:
+        result["loss"] = float(raw["loss"])
+        params = []
+        for key in raw:
+            if key.startswith("value:"):
+                layer, idx = key[6:].rsplit(":", 1)
+                params.append((layer, int(idx), raw[key], raw[f"grad:{layer}:{idx}"]))
+        result["params"] = params
+    return result
+
+
+def run_reference(
+    sources: Sequence[Any],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    layers: Sequence[str] | None = None,
+    options: Any = None,
+) -> dict[str, np.ndarray]:
+    """Run the Caffe net in real Caffe where it can, otherwise in OpenCV (module docstring)."""
+    if uses_real_caffe(sources, options):
+        log.info("Caffe reference: real Caffe (%s)", caffe_python())
+        return run_caffe(sources, feeds, layers=layers, options=options)
+    log.info("Caffe reference: OpenCV DNN")
+    return run_opencv(sources, feeds, layers=layers, options=options)
+
+
+def caffe_gradients(
+    sources: Sequence[Any], feeds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], options: Any = None,
+) -> tuple[float, list[tuple[str, int, np.ndarray, np.ndarray]]]:
+    """Loss and learnable-parameter gradients of one backward pass in real Caffe (TEST phase,
+    ``force_backward``): BatchNorm statistics and parameters with ``lr_mult: 0`` are left out,
+    as Caffe does not learn them."""
+    if not uses_real_caffe(sources, {**(options if isinstance(options, Mapping) else {}), "caffe_reference": "caffe"}):
+        raise RuntimeBackendError("real Caffe cannot run this net")
+    definition, _, _ = _definition(sources, options)
+    frozen = set()
+    for lp in definition.layer:
+        if lp.type == "BatchNorm":
+            frozen.update((lp.name, i) for i in range(3))
+        for i, spec in enumerate(lp.param):
+            if spec.HasField("lr_mult") and spec.lr_mult == 0:
+                frozen.add((lp.name, i))
+    res = run_caffe(sources, feeds, options=options, targets=targets)
+    params = [p for p in res["params"] if (p[0], p[1]) not in frozen]
+    return res["loss"], params

@@ -4,7 +4,8 @@ mxnet 1.9.1 needs numpy<1.24, so it lives in ``.venv-mxnet`` (``make mxnet-env``
 python is ``$PORTANET_MXNET_PYTHON`` or ``<repo>/.venv-mxnet/bin/python``. The subprocess
 runs with ``MXNET_MKLDNN_ENABLED=0``: the oneDNN kernels of the pip wheel disagree with
 MXNet's reference kernels on some ops (SoftmaxOutput on 4-D input, Deconvolution with
-``target_shape``).
+``target_shape``). Symbols with the fused ``RNN`` op run with oneDNN on: mxnet 1.9.1 has
+no RNN kernel without it.
 
 Output names follow the importer: graph outputs are ``sym.list_outputs()`` names, and a
 requested layer ``name`` returns ``sym.get_internals()[name + '_output']`` (or the first of
@@ -49,6 +50,10 @@ for k, v in saved.items():
     else:
         arg_params[k] = v
 feeds = dict(np.load(req["feeds"]))
+if req.get("float64"):  # arbitration: the same network in exact(er) arithmetic
+    arg_params = {k: v.astype("float64") for k, v in arg_params.items()}
+    aux_params = {k: v.astype("float64") for k, v in aux_params.items()}
+    feeds = {k: v.astype("float64") if v.dtype.kind == "f" else v for k, v in feeds.items()}
 internals = sym.get_internals()
 names = internals.list_outputs()
 outputs = list(sym.list_outputs())
@@ -68,7 +73,7 @@ for name, shape in zip(group.list_arguments(), arg_shapes):
     elif name in arg_params:
         args[name] = arg_params[name]
     else:  # labels of training heads
-        args[name] = mx.nd.zeros(shape)
+        args[name] = mx.nd.zeros(shape, dtype="float64" if req.get("float64") else "float32")
 aux = {name: aux_params[name] for name in group.list_auxiliary_states()}
 exe = group.bind(mx.cpu(), args, aux_states=aux, grad_req="null")
 res = exe.forward(is_train=False)
@@ -117,6 +122,14 @@ def _resolve(sources: Sequence[Any], options: Any) -> tuple[Path, Path]:
     return symbols[0], param
 
 
+def _has_rnn(symbol: Path) -> bool:
+    try:
+        nodes = json.loads(symbol.read_text()).get("nodes", [])
+    except (OSError, ValueError):
+        return False
+    return any(isinstance(n, dict) and n.get("op") == "RNN" for n in nodes)
+
+
 def run_reference(
     sources: Sequence[Any],
     feeds: Mapping[str, np.ndarray],
@@ -134,10 +147,13 @@ def run_reference(
         np.savez(buf, **{k: np.asarray(v) for k, v in feeds.items()})
         (t / "feeds.npz").write_bytes(buf.getvalue())
         req = {"symbol": str(symbol.resolve()), "params": str(params.resolve()), "feeds": str(t / "feeds.npz"),
-               "layers": list(layers or []), "out": str(t / "out.npz")}
+               "layers": list(layers or []), "out": str(t / "out.npz"),
+               "float64": bool(options.get("float64")) if isinstance(options, Mapping) else False}
         (t / "request.json").write_text(json.dumps(req))
         (t / "run.py").write_text(_SCRIPT)
-        env = dict(os.environ, MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+        # the fused RNN op exists only with oneDNN in mxnet 1.9.1 (it fails inside mxnet without)
+        onednn = "1" if _has_rnn(symbol) else "0"
+        env = dict(os.environ, MXNET_MKLDNN_ENABLED=onednn, MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
         proc = subprocess.run([str(py), str(t / "run.py"), str(t / "request.json")], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:

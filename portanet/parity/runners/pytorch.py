@@ -42,13 +42,21 @@ def load_module(sources: Any, options: Mapping[str, Any] | None = None) -> Any:
         return sources.eval()
     if isinstance(sources, torch.export.ExportedProgram):
         return _unflatten(sources)
-    from portanet.converters.pytorch.loading import load_source
+    from portanet.converters.pytorch.loading import is_torchscript, load_source
 
     paths = [Path(p) for p in (sources if isinstance(sources, list | tuple) else [sources])]
-    files = [p for p in paths if p.suffix.lower() in (".pt2", ".pt", ".pth", ".ckpt", ".bin")]
+    files = [p for p in paths
+             if p.suffix.lower() in (".pt2", ".pt", ".pth", ".ckpt", ".bin") or (p.is_file() and is_torchscript(p))]
     if len(files) != 1:
         raise InvalidInputError(f"PyTorch reference needs one model file, got {', '.join(map(str, paths))}")
     obj = load_source(files[0], _options(options))
+    if isinstance(obj, torch.jit.ScriptModule):
+        # hookable submodules when torch's converter takes the model; the scripted module
+        # itself (outputs only) when its control flow is beyond the converter
+        from portanet.converters.pytorch.torchscript import to_exported
+
+        program = to_exported(obj, _options(options), where=str(files[0]))
+        return _unflatten(program) if program is not None else obj.eval()
     if isinstance(obj, torch.export.ExportedProgram):
         return _unflatten(obj)
     return obj.eval()
@@ -115,9 +123,10 @@ def run_module(
 
         return hook
 
+    scripted = isinstance(module, torch.jit.ScriptModule)  # TorchScript has no forward hooks
     for name in layers or ():
         mod = modules.get(name)
-        if mod is not None and name != "":
+        if mod is not None and name != "" and not scripted:
             handles.append(mod.register_forward_hook(hook_for(name)))
     try:
         args = [torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()]

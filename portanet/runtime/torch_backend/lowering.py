@@ -20,7 +20,7 @@ import keyword
 import logging
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from portanet.errors import ConversionError, PortanetError, UnsupportedOpError
+from portanet.ir.frozen import frozen_names
 from portanet.ir.provenance import source_of
 from portanet.runtime.torch_backend.registry import lookup
 
@@ -228,8 +229,8 @@ def _is_initializer(v: ir.Value | None) -> bool:
     return v is not None and v.const_value is not None and v.is_initializer()
 
 
-def _classify(graph: ir.Graph) -> dict[str, str]:
-    """IR initializer name -> "param" | "buffer" | "const"."""
+def _classify(graph: ir.Graph, frozen: Collection[str] = ()) -> dict[str, str]:
+    """IR initializer name -> "param" | "buffer" | "const" (``frozen`` ones: const, never trained)."""
     uses: dict[str, list[tuple[str, int]]] = {}
     for node in ir.traversal.RecursiveGraphIterator(graph):  # uses inside subgraphs count too
         for i, v in enumerate(node.inputs):
@@ -240,7 +241,7 @@ def _classify(graph: ir.Graph) -> dict[str, str]:
         used = uses.get(name)
         if not used:
             continue
-        if value.dtype not in _FLOAT_IR:
+        if value.dtype not in _FLOAT_IR or name in frozen:
             kinds[name] = "const"
             continue
 
@@ -291,7 +292,7 @@ def lower_graph(model: ir.Model) -> TorchModule:
         input_names.append(v.name or "")
         env[v] = fgraph.placeholder(ctx.unique_name(f"in_{v.name}"))
 
-    kinds = _classify(graph)
+    kinds = _classify(graph, frozen_names(model))
     param_ir_names: dict[str, str] = {}
     for name, value in graph.initializers.items():
         kind = kinds.get(name)

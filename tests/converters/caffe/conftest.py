@@ -98,6 +98,17 @@ def caffe(tmp_path: Path) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def real_caffe() -> Any:
+    """The python running real BVLC Caffe; skips where it is not built."""
+    from portanet.parity.runners.caffe import caffe_layer_types, caffe_python
+
+    py = caffe_python()
+    if py is None or not caffe_layer_types(py):
+        pytest.skip("real Caffe is not built here (make caffe-env builds .venv-caffe)")
+    return py
+
+
+@pytest.fixture(scope="session")
 def zoo() -> Any:
     """``zoo(name) -> (prototxt, caffemodel)``, written once into the model_zoo cache."""
     from model_zoo.caffe.writer import build

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from portanet.cli import cli
-from portanet.parity.runners.caffe import run_reference
+from portanet.parity.runners.caffe import run_opencv as run_reference
 from portanet.runtime.session import Session
 
 

@@ -12,7 +12,8 @@ import pytest
 from portanet.converters.registry import ConvertOptions, convert_paths
 from portanet.ir.metadata import FRAMEWORK_KEY, read_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
-from portanet.parity.runners.caffe import opencv_net, run_reference
+from portanet.parity.runners.caffe import opencv_net
+from portanet.parity.runners.caffe import run_opencv as run_reference  # these tests are about OpenCV
 from portanet.runtime.session import Session
 
 NETS = ["lenet", "lenet_v1", "caffenet", "resnet", "squeezenet", "misc"]

@@ -80,6 +80,13 @@ CASES: dict[str, tuple[Callable[[], object], Callable]] = {
     "gru_reset_before": (on_seq(lambda: L.GRU(H, reset_after=False, return_sequences=True)), floats(F)),
     "gru_backwards_last": (on_seq(lambda: L.GRU(H, go_backwards=True, return_state=True)), floats(F)),
     "gru_nobias": (on_seq(lambda: L.GRU(H, use_bias=False, reset_after=False)), floats(F)),
+    # activations with alpha/beta (hard_sigmoid is Keras 2's default recurrent activation)
+    "lstm_hard_sigmoid": (on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", return_sequences=True)),
+                          floats(F)),
+    "bi_gru_hard_sigmoid_elu": (on_seq(lambda: L.Bidirectional(L.GRU(H, recurrent_activation="hard_sigmoid",
+                                                                     activation="elu", return_sequences=True))),
+                                floats(F)),
+    "simple_rnn_linear": (on_seq(lambda: L.SimpleRNN(H, activation="linear", return_sequences=True)), floats(F)),
     "simple_rnn_seq": (on_seq(lambda: L.SimpleRNN(H, return_sequences=True, activation="relu")), floats(F)),
     "simple_rnn_state": (on_seq(lambda: L.SimpleRNN(H, return_state=True, go_backwards=True)), floats(F)),
     "rnn_lstm_cell": (on_seq(lambda: L.RNN(L.LSTMCell(H), return_sequences=True)), floats(F)),
@@ -121,6 +128,46 @@ CASES: dict[str, tuple[Callable[[], object], Callable]] = {
     "mask_concat": (masked_with_merge(L.Concatenate), token_ids()),
     "mask_add": (masked_with_merge(L.Add), token_ids()),
 }
+
+
+def fixed_steps(*shapes: tuple):
+    """Float inputs (N, *shape) per shape: a fixed time axis (ConvLSTM is unrolled)."""
+
+    def make(n: int, t: int, rng: np.random.Generator) -> list[np.ndarray]:
+        return [rng.standard_normal((n, *s)).astype(np.float32) for s in shapes]
+
+    return make
+
+
+def conv_lstm(layer: Callable[[], object], shape: tuple, state: tuple | None = None):
+    def build():
+        keras.utils.set_random_seed(1)
+        x = keras.Input(shape, name="frames")
+        if state is None:
+            return keras.Model(x, layer()(x))
+        h, c = keras.Input(state, name="h"), keras.Input(state, name="c")
+        return keras.Model([x, h, c], layer()(x, initial_state=[h, c]))
+
+    return build
+
+
+CASES.update({
+    "convlstm2d_same": (conv_lstm(lambda: L.ConvLSTM2D(3, 3, padding="same"), (4, 6, 6, 2)),
+                        fixed_steps((4, 6, 6, 2))),
+    "convlstm2d_valid_s2_seq_state": (conv_lstm(lambda: L.ConvLSTM2D(3, (3, 2), strides=2, return_sequences=True,
+                                                                     return_state=True), (4, 7, 6, 2)),
+                                      fixed_steps((4, 7, 6, 2))),
+    "convlstm2d_backwards": (conv_lstm(lambda: L.ConvLSTM2D(3, 3, padding="same", go_backwards=True,
+                                                            return_sequences=True,
+                                                            recurrent_activation="hard_sigmoid"), (3, 5, 5, 2)),
+                             fixed_steps((3, 5, 5, 2))),
+    "convlstm1d_dilated": (conv_lstm(lambda: L.ConvLSTM1D(4, 3, padding="same", dilation_rate=2), (5, 9, 3)),
+                           fixed_steps((5, 9, 3))),
+    "convlstm3d": (conv_lstm(lambda: L.ConvLSTM3D(2, 2), (3, 4, 4, 4, 1)), fixed_steps((3, 4, 4, 4, 1))),
+    "convlstm2d_initial": (conv_lstm(lambda: L.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+                                     (4, 5, 5, 2), state=(5, 5, 3)),
+                           fixed_steps((4, 5, 5, 2), (5, 5, 3), (5, 5, 3))),
+})
 
 
 @cache
@@ -210,6 +257,92 @@ def test_unsupported_recurrent_activation_names_it() -> None:
     import portanet
     from portanet.errors import ConversionError
 
-    model = on_seq(lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", name="hs_lstm"))()
-    with pytest.raises(ConversionError, match="hs_lstm.*recurrent_activation 'hard_sigmoid' is not supported"):
+    model = on_seq(lambda: L.LSTM(H, recurrent_activation="gelu", name="gelu_lstm"))()
+    with pytest.raises(ConversionError, match="gelu_lstm.*recurrent_activation 'gelu' is not supported"):
         portanet.convert(model)
+
+
+def _bisect_model():
+    keras.utils.set_random_seed(2)
+    x = keras.Input((7, F), name="x")
+    y = L.Bidirectional(L.LSTM(H, return_sequences=True), name="bi")(L.Masking(0.0, name="mask")(x))
+    y = L.GRU(H, return_sequences=True, name="gru")(y)
+    return keras.Model(x, L.SimpleRNN(3, name="rnn")(y))
+
+
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_bisect_names_a_broken_recurrent_layer(nchw: bool) -> None:
+    """verify --bisect compares the time-major intermediate outputs against Keras' and names
+    the first layer whose weights were tampered with."""
+    import onnx_ir as ir
+
+    import portanet
+
+    model = _bisect_model()
+    report = portanet.verify(model, bisect=True, nchw=nchw, backends=["ort"])
+    assert report.passed and report.bisect.layer is None and report.bisect.compared >= 3
+    broken = portanet.convert(model, nchw=nchw)
+    r = next(v for v in broken.graph.initializers.values() if v.name == "gru/R")
+    r.const_value = ir.tensor(r.const_value.numpy() * 1.5)
+    report = portanet.verify(model, onnx=broken, bisect=True, nchw=nchw, backends=["ort"])
+    assert not report.passed
+    assert report.bisect.layer == "gru"
+
+
+def test_cli_refuses_every_unsupported_recurrent_variant_in_one_line(tmp_path) -> None:
+    """A .keras file with a stateful LSTM, a ConvLSTM2D over a symbolic time axis and a
+    masked Softmax: exit 2, one line listing all three, no output file."""
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    keras.utils.set_random_seed(1)
+    ids = keras.Input(batch_shape=(2, 6), dtype="int32", name="ids")
+    e = L.Embedding(9, F, mask_zero=True)(ids)
+    a = L.LSTM(H, stateful=True, return_sequences=True, name="stateful_lstm")(e)
+    b = L.Softmax(name="masked_softmax")(a)
+    frames = keras.Input(batch_shape=(2, None, 4, 4, 2), name="frames")
+    c = L.ConvLSTM2D(2, 3, name="conv_lstm")(frames)
+    src = tmp_path / "variants.keras"
+    keras.Model([ids, frames], [b, c]).save(src)
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    for part in ("LSTM (stateful=True) x1 (stateful_lstm)", "ConvLSTM2D (symbolic time axis: unrolled over a fixed number of steps) x1 (conv_lstm)",
+                 "Softmax (with a mask from Embedding(mask_zero=True)/Masking) x1 (masked_softmax)"):
+        assert part in lines[0]
+    assert not out.exists()
+
+
+def _composite():
+    """Masks through Bidirectional, Concatenate, MultiHeadAttention, GRU and Attention."""
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    e = L.Embedding(9, 6, mask_zero=True)(ids)
+    a = L.Bidirectional(L.LSTM(5, return_sequences=True))(e)
+    a = L.Concatenate()([L.LayerNormalization(rms_scaling=True)(a), e])
+    a = L.MultiHeadAttention(2, 3)(a, a, use_causal_mask=True)
+    a = L.GRU(4, return_sequences=True, reset_after=False)(a)
+    return keras.Model(ids, L.GlobalAveragePooling1D()(L.Attention()([a, a])))
+
+
+def test_saved_file_converts_on_the_command_line(tmp_path) -> None:
+    """A saved model holds its mask computations as graph nodes; ``portanet convert`` reads it
+    in a fresh process (Keras on its light backend there) and matches TensorFlow Keras."""
+    import subprocess
+    import sys
+
+    import portanet
+    from portanet.runtime.session import Session
+    from tests.converters.keras.sequence_parity import check_model
+
+    src, out = tmp_path / "composite.keras", tmp_path / "composite.onnx"
+    model = _composite()
+    model.save(src)
+    done = subprocess.run([sys.executable, "-m", "portanet.cli", "convert", str(src), "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Session(str(out)).inputs[0].name == "ids"
+    check_model(portanet.load(str(out)), keras.saving.load_model(src), token_ids(), False, "ort")

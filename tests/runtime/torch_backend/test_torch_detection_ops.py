@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from portanet.runtime.session import Session
 from tests.runtime.torch_backend._onnx_cases import node_cases
 
-OPS = frozenset({"NonMaxSuppression", "GatherND", "ScatterND", "ScatterElements", "NonZero", "RoiAlign",
+OPS = frozenset({"NonMaxSuppression", "GatherND", "ScatterND", "ScatterElements", "NonZero", "RoiAlign", "OneHot",
                  "MaxRoiPool"})
 
 

@@ -5,7 +5,7 @@ A handler takes a :class:`~portanet.converters.caffe.context.Ctx` and returns on
 """
 
 # importing the family modules registers their handlers
-from portanet.converters.caffe.ops import activation, conv, dense, detection, normalization, pooling, tensor  # noqa: E402,F401,I001
+from portanet.converters.caffe.ops import activation, conv, dense, detection, fork, normalization, pooling, recurrent, tensor  # noqa: E402,F401,I001
 from portanet.converters.caffe.ops.table import HANDLERS
 
 __all__ = ["HANDLERS"]

@@ -10,6 +10,7 @@ from portanet.converters.caffe.context import Ctx, Out
 from portanet.converters.caffe.net import Layer
 from portanet.converters.caffe.ops.table import HANDLERS
 from portanet.errors import ConversionError
+from portanet.ir.frozen import mark_frozen
 
 
 def bn_statistics(ctx: Ctx, bn: Layer, channels: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -52,7 +53,11 @@ def batch_norm(ctx: Ctx) -> list[Out]:
         return [Out(_batch_statistics(ctx, float(p.eps)), shape)]
     c = shape[1] if len(shape) > 1 else 0
     ones, zeros = np.ones(c, np.float32), np.zeros(c, np.float32)
-    return [Out(_bn_node(ctx, ctx.layer, ones, zeros, ""), shape)]
+    y = _bn_node(ctx, ctx.layer, ones, zeros, "")
+    # Caffe's BatchNorm has no affine part: the unit scale and zero shift are not weights
+    for v in y.producer().inputs[1:3]:
+        mark_frozen(v, "caffe BatchNorm without Scale")
+    return [Out(y, shape)]
 
 
 def _batch_statistics(ctx: Ctx, eps: float) -> ir.Value:

@@ -77,6 +77,10 @@ def pooling(ctx: Ctx) -> list[Out]:
     pads = [pad[0], pad[1], end[0], end[1]]
     attrs = {"kernel_shape": kernel, "strides": stride, "pads": pads, "ceil_mode": 0}
     if p.pool == MAX:
+        if len(ctx.layer.tops) == 2:  # the argmax mask (SegNet/ENet unpooling)
+            from portanet.converters.caffe.ops.fork import max_pool_with_mask
+
+            return max_pool_with_mask(ctx, attrs, [n, c, *out])
         # padded cells never win a max, as in Caffe
         return [Out(ctx.op("MaxPool", [ctx.x], attrs), [n, c, *out])]
     if p.pool == STOCHASTIC:

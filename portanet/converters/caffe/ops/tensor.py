@@ -41,6 +41,8 @@ def slice_(ctx: Ctx) -> list[Out]:
         if len(points) != n - 1:
             raise ConversionError(f"expected {n - 1} slice_point(s) for {n} tops, received {len(points)}")
         bounds = [0, *points, size]
+        # every slice non-empty: Caffe accepts a last point equal to the size at set-up but then
+        # fails on the empty top
         if any(b <= a for a, b in zip(bounds, bounds[1:])):
             raise ConversionError(f"slice points {points} must increase strictly within axis size {size}")
     else:

@@ -8,6 +8,7 @@ from portanet.converters.keras.ops import (  # noqa: F401  (imported for registr
     activations,
     attention,
     conv,
+    conv_recurrent,
     core,
     keras_ops,
     merge,

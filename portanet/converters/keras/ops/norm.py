@@ -11,6 +11,7 @@ from portanet.converters.keras import layout
 from portanet.converters.keras.context import KerasContext, to_numpy
 from portanet.converters.keras.ops._table import HANDLERS
 from portanet.errors import ConversionError
+from portanet.ir.frozen import mark_frozen
 
 
 def _axes(axis: Any, rank: int) -> list[int]:
@@ -47,6 +48,10 @@ def batch_norm(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> No
     x = ctx.get(inputs[0], perm)
     w = [ctx.weight(layer, k, a) for k, a in
          (("gamma", gamma), ("beta", beta), ("moving_mean", mean), ("moving_variance", var))]
+    # scale=False / center=False: the unit scale and zero shift are constants, not weights
+    for value, has in ((w[0], layer.scale), (w[1], layer.center)):
+        if not has:
+            mark_frozen(value, "keras BatchNormalization without scale/center")
     y = ctx.op("BatchNormalization", [x, *w], {"epsilon": float(layer.epsilon)})
     ctx.set(outputs[0], y, perm)
 

@@ -10,6 +10,7 @@ from portanet.converters.keras import layout
 from portanet.converters.keras.context import KerasContext, to_numpy
 from portanet.converters.keras.ops._table import HANDLERS
 from portanet.errors import ConversionError
+from portanet.ir.frozen import mark_frozen
 
 
 def keras_broadcast(array: Any, rank: int, perm: layout.Perm) -> np.ndarray:
@@ -30,8 +31,11 @@ def rescaling(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> Non
         x = ctx.op("Cast", [x], {"to": 1})
     scale = keras_broadcast(to_numpy(layer.scale), rank, perm)
     offset = keras_broadcast(to_numpy(layer.offset), rank, perm)
-    y = ctx.op("Mul", [x, ctx.weight(layer, "scale", scale)])
-    y = ctx.op("Add", [y, ctx.weight(layer, "offset", offset)])
+    # constants of the layer's config, never trained by Keras
+    w_scale = mark_frozen(ctx.weight(layer, "scale", scale), "keras Rescaling constant")
+    w_offset = mark_frozen(ctx.weight(layer, "offset", offset), "keras Rescaling constant")
+    y = ctx.op("Mul", [x, w_scale])
+    y = ctx.op("Add", [y, w_offset])
     ctx.set(outputs[0], y, perm)
 
 
@@ -43,8 +47,9 @@ def normalization(ctx: KerasContext, layer: Any, inputs: list, outputs: list) ->
     var = keras_broadcast(to_numpy(layer.variance), rank, perm)
     # Keras: (x - mean) / max(sqrt(var), epsilon); sqrt is exactly rounded in both
     denom = np.maximum(np.sqrt(var), np.float32(1e-7)).astype(np.float32)
-    m = ctx.weight(layer, "mean", mean)
-    d = ctx.weight(layer, "denominator", denom)
+    # adapted statistics: non-trainable in Keras
+    m = mark_frozen(ctx.weight(layer, "mean", mean), "keras Normalization constant")
+    d = mark_frozen(ctx.weight(layer, "denominator", denom), "keras Normalization constant")
     if layer.invert:
         y = ctx.op("Add", [m, ctx.op("Mul", [x, d])])
     else:

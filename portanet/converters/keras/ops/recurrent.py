@@ -44,9 +44,14 @@ from portanet.errors import ConversionError
 TIME_MAJOR = (1, 0, 2)
 _INT64_MIN = np.iinfo(np.int64).min
 
-#: Keras activation -> ONNX recurrent activation (only those with ONNX's default alpha/beta)
-_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu", "linear": "Affine",
-                "softsign": "Softsign", "softplus": "Softplus", "elu": "Elu"}
+#: Keras activation -> (ONNX recurrent activation, alpha, beta) (None: the function takes none)
+_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
+    "tanh": ("Tanh", None, None), "sigmoid": ("Sigmoid", None, None), "relu": ("Relu", None, None),
+    "linear": ("Affine", 1.0, 0.0), "softsign": ("Softsign", None, None), "softplus": ("Softplus", None, None),
+    "elu": ("Elu", 1.0, None),
+    # Keras 3: relu6(x + 3) / 6 = clip(x / 6 + 0.5, 0, 1)
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),
+}
 
 _LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN")
 
@@ -60,7 +65,7 @@ class Cell:
     W: np.ndarray  # (gates*H, F)
     R: np.ndarray  # (gates*H, H)
     B: np.ndarray  # (2*gates*H,): input bias then recurrent bias
-    activations: list[str]
+    activations: list[tuple[str, float | None, float | None]]
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -72,12 +77,25 @@ class Cell:
             other.op, other.units, other.activations, other.attrs)
 
 
-def _onnx_activation(fn: Any, what: str) -> str:
+def _onnx_activation(fn: Any, what: str) -> tuple[str, float | None, float | None]:
     name = activation_name(fn)
     if name not in _ACTIVATIONS:
         raise ConversionError(f"{what} '{name}' is not supported in a recurrent layer; "
                               f"supported: {', '.join(sorted(_ACTIVATIONS))}")
     return _ACTIVATIONS[name]
+
+
+def activation_attrs(acts: list[tuple[str, float | None, float | None]]) -> dict[str, Any]:
+    """``activations`` and, where a function takes them, ``activation_alpha``/``_beta``
+    (ONNX consumes one value per function that takes one, in order)."""
+    attrs: dict[str, Any] = {"activations": [a[0] for a in acts]}
+    alphas = [a[1] for a in acts if a[1] is not None]
+    betas = [a[2] for a in acts if a[2] is not None]
+    if alphas:
+        attrs["activation_alpha"] = alphas
+    if betas:
+        attrs["activation_beta"] = betas
+    return attrs
 
 
 def _split(a: np.ndarray, n: int, axis: int = -1) -> list[np.ndarray]:
@@ -211,7 +229,7 @@ def run_recurrent(ctx: KerasContext, layer: Any, cells: list[Cell], x: ir.Value,
     while inputs and inputs[-1] is None:
         inputs.pop()
     attrs: dict[str, Any] = {"hidden_size": c0.units, "direction": "forward" if d == 1 else "bidirectional",
-                             "activations": [a for c in cells for a in c.activations], **c0.attrs}
+                             **activation_attrs([a for c in cells for a in c.activations]), **c0.attrs}
     outs = ctx.op(c0.op, inputs, attrs, outputs=1 + c0.n_states)
     y, finals = outs[0], list(outs[1:])  # Y (T, D, N, H); Y_h, Y_c (D, N, H)
     if m is not None and initial is not None:

@@ -143,3 +143,38 @@ def time_distributed(ctx: KerasContext, layer: Any, inputs: list, outputs: list)
     nt = ctx.op("Shape", [x], {"start": 0, "end": 2})
     rest = ctx.op("Shape", [y], {"start": 1})
     ctx.set(outputs[0], ctx.op("Reshape", [y, ctx.op("Concat", [nt, rest], {"axis": 0})]))
+
+
+# -- keras.ops calls that a saved model's mask computations contain ------------------------
+# A model loaded from a file carries the mask computations of compute_mask as explicit
+# graph nodes (e.g. Concatenate's ZerosLike, Attention's ConvertToTensor); the other ops
+# they use are handled with the raw keras.ops table.
+
+def _mask_op(name: str) -> Any:
+    def deco(fn: Any) -> Any:
+        if f"ops.{name}" not in HANDLERS:  # the raw keras.ops table may handle it already
+            HANDLERS.register(f"ops.{name}")(fn)
+        return fn
+
+    return deco
+
+
+def _out_type(tensor: Any) -> int:
+    from portanet.ir.builder import ir_dtype
+
+    return int(ir_dtype(np.dtype(str(tensor.dtype))))
+
+
+@_mask_op("ConvertToTensor")
+def _convert_to_tensor(ctx: KerasContext, op: Any, inputs: list, outputs: list) -> None:
+    x, perm = ctx.get_any(inputs[0])
+    same = str(inputs[0].dtype) == str(outputs[0].dtype)
+    y = ctx.op("Identity", [x]) if same else ctx.op("Cast", [x], {"to": _out_type(outputs[0])})
+    ctx.set(outputs[0], y, perm)
+
+
+@_mask_op("ZerosLike")
+def _zeros_like(ctx: KerasContext, op: Any, inputs: list, outputs: list) -> None:
+    x, perm = ctx.get_any(inputs[0])
+    zero = ir.tensor(np.zeros(1, np.dtype(str(outputs[0].dtype))))
+    ctx.set(outputs[0], ctx.op("ConstantOfShape", [ctx.op("Shape", [x])], {"value": zero}), perm)

@@ -11,9 +11,11 @@ HANDLERS = HandlerTable("mxnet")
 # importing the family modules fills the table
 from portanet.converters.mxnet.handlers import (  # noqa: E402,F401
     activation,
+    detection,
     elementwise,
     nn,
     reduce,
+    rnn,
     shape,
 )
 

@@ -11,6 +11,7 @@ import onnx_ir as ir
 from portanet.converters.mxnet.context import NodeCtx
 from portanet.converters.mxnet.handlers import HANDLERS
 from portanet.errors import ConversionError
+from portanet.ir.frozen import mark_frozen
 
 _LAYOUTS = {1: ("NCW",), 2: ("NCHW",), 3: ("NCDHW",)}
 
@@ -180,7 +181,7 @@ def batchnorm(n: NodeCtx) -> ir.Value:
     eps = a.float("eps", 1e-3)
     if a.bool("fix_gamma", True):
         # fix_gamma: the stored gamma is ignored and treated as 1, at inference too
-        gamma = n.const(np.ones(_channels(n, 2, 1), dtype=np.float32))
+        gamma = mark_frozen(n.const(np.ones(_channels(n, 2, 1), dtype=np.float32)), "mxnet BatchNorm fix_gamma")
     else:
         gamma = n.weight(1)
     beta = n.weight(2)

@@ -1,5 +1,5 @@
 """Detection and indexing ops: NonMaxSuppression, GatherND, ScatterND, ScatterElements,
-NonZero, MaxRoiPool, RoiAlign.
+NonZero, OneHot, MaxRoiPool, RoiAlign.
 
 Each follows ONNX Runtime's CPU kernel to the bit where ONNX leaves freedom, so that the two
 backends give identical results:
@@ -167,6 +167,22 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
 @register("NonZero")
 def _nonzero(ctx, node, x):
     return ctx.call(nonzero, x)
+
+
+def one_hot(indices: torch.Tensor, depth: Any, values: torch.Tensor, axis: int) -> torch.Tensor:
+    d = int(torch.as_tensor(depth).reshape(-1)[0])
+    idx = indices.to(torch.int64)
+    idx = torch.where(idx < 0, idx + d, idx)
+    inside = (idx >= 0) & (idx < d)
+    hot = torch.nn.functional.one_hot(torch.where(inside, idx, torch.zeros_like(idx)), d) & inside[..., None]
+    out = torch.where(hot.bool(), values[1], values[0])  # (..., depth)
+    a = axis % (indices.dim() + 1)
+    return out.movedim(-1, a)
+
+
+@register("OneHot")
+def _one_hot(ctx, node, indices, depth, values):
+    return ctx.call(one_hot, indices, depth, values, int(attr(node, "axis", -1)))
 
 
 # -- MaxRoiPool / RoiAlign ---------------------------------------------------------------------
