@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from portanet._deps import require
+from portanet.converters.memory import memory_cap
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, InvalidModelError
 
@@ -90,7 +91,9 @@ def load_pt2(path: Path) -> Any:
         raise InvalidModelError(f"{path}: not a torch.export .pt2 archive (not a zip file); "
                                 "write one with torch.export.save(torch.export.export(model, args), path)")
     try:
-        with _quiet_torch():  # torch warns about its own deprecated pytree classes, logs broken archives
+        # torch warns about its own deprecated pytree classes and logs broken archives; a record
+        # declaring a huge tensor fails inside torch under the memory cap
+        with _quiet_torch(), memory_cap(path.stat().st_size):
             return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise InvalidModelError(f"{path}: not a readable torch.export .pt2 archive ({_first_line(exc)})") from exc
@@ -102,7 +105,7 @@ def load_torchscript(path: Path, options: ConvertOptions) -> Any:
     import torch
 
     try:
-        with _quiet_torch():
+        with _quiet_torch(), memory_cap(path.stat().st_size):
             script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InvalidModelError(f"{path}: not a readable TorchScript archive ({_first_line(exc)})") from exc
