@@ -84,6 +84,7 @@ def bench_keras(tmp: Path, iters: int) -> list[tuple[str, int, float, float]]:
         portanet.export(ir_model, to="keras", path=out, verify=False)
         exported = keras.saving.load_model(out)
         shape = tuple(native.inputs[0].shape[1:])
+        assert tuple(exported.inputs[0].shape[1:]) == shape  # the same channels-last interface
         for batch in (1, 8):
             x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
             t = interleaved({"native": lambda m=native, x=x: m(x, training=False),

@@ -28,6 +28,11 @@ Handler = Callable[["KerasBuilder", ir.Node], Any]
 _HANDLERS: dict[str, Handler] = {}
 
 NHWC = (0, 2, 3, 1)
+#: ops that read a 4-D tensor as NCHW images
+_SPATIAL = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+            "BatchNormalization", "LRN", "Resize", "Upsample", "InstanceNormalization"}
+#: element-wise ops an image input may pass through first (mean subtraction, scaling)
+_PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Identity", "Cast"}
 
 
 class Unsupported(PortanetError):
@@ -226,9 +231,20 @@ class KerasBuilder:
         model; an input the IR itself transposes first (Keras sources) keeps its layout."""
         if self.keep_layout or len(dims) != 4:
             return None
-        if all(use.node.op_type == "Transpose" for use in v.uses()):
-            return None
-        return NHWC
+        # NCHW only if spatial ops read it (possibly after element-wise ops: mean subtraction)
+        frontier, seen = [v], set()
+        for _ in range(4):
+            nxt = []
+            for value in frontier:
+                for use in value.uses():
+                    op = use.node.op_type
+                    if op in _SPATIAL:
+                        return NHWC
+                    if op in _PASS_THROUGH and id(use.node) not in seen:
+                        seen.add(id(use.node))
+                        nxt += list(use.node.outputs)
+            frontier = nxt
+        return None
 
 
 def _load() -> None:
