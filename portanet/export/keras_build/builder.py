@@ -31,6 +31,8 @@ NHWC = (0, 2, 3, 1)
 #: ops that read a 4-D tensor as NCHW images
 _SPATIAL = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
             "BatchNormalization", "LRN", "Resize", "Upsample", "InstanceNormalization"}
+#: activations a Conv2D/Dense layer can apply itself
+_FUSABLE = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 #: element-wise ops an image input may pass through first (mean subtraction, scaling)
 _PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Identity", "Cast"}
 
@@ -99,6 +101,8 @@ class KerasBuilder:
         self.taps: list[dict[str, Any]] = []
         self._names: set[str] = set()
         self.node: ir.Node | None = None
+        #: activation nodes folded into the layer before them (Conv2D(activation="relu"), ...)
+        self.absorbed: dict[int, Out] = {}
 
     # -- names / layers -----------------------------------------------------------------------
     def name(self, suffix: str = "") -> str:
@@ -111,6 +115,24 @@ class KerasBuilder:
             i += 1
         self._names.add(name)
         return name
+
+    def fusable_activation(self) -> tuple[str | None, ir.Node | None]:
+        """The Keras activation name of the single consumer of the current node's output when it
+        is a plain activation that can become the layer's ``activation=`` (as native Keras
+        models are written, and as fast), else (None, None)."""
+        node = self.node
+        if node is None or not node.outputs or node.outputs[0].is_graph_output():
+            return None, None
+        uses = list(node.outputs[0].uses())
+        if len(uses) != 1:
+            return None, None
+        act = _FUSABLE.get(uses[0].node.op_type)
+        return (act, uses[0].node) if act else (None, None)
+
+    def absorb(self, act_node: ir.Node, out: Out) -> None:
+        self.absorbed[id(act_node)] = out
+        if act_node.outputs and act_node.outputs[0].name and self.taps:
+            self.taps[-1]["value"] = act_node.outputs[0].name  # the layer's output is the activation's
 
     def apply(self, layer: Any, inputs: Any, weights: list[np.ndarray] | None = None,
               perm: tuple[int, ...] | None = None, tap: bool = True) -> Out:
@@ -190,6 +212,9 @@ class KerasBuilder:
         problems: list[Problem] = []
         for node in g.nodes():
             self.node = node
+            if id(node) in self.absorbed:
+                self.env[id(node.outputs[0])] = self.absorbed[id(node)]
+                continue
             fn = _HANDLERS.get(node.op_type)
             if fn is None or node.domain not in ("", "ai.onnx"):
                 problems.append(Problem(node.op_type, g.layer(node)))

@@ -52,8 +52,9 @@ def conv(b: KerasBuilder, node):
             x = spatial_pad(b, x, begins, ends)
     cout, cin_g = w.shape[0], w.shape[1]
     cin = cin_g * groups
+    act, act_node = b.fusable_activation()
     common = dict(strides=tuple(strides), padding=padding, dilation_rate=tuple(dil), use_bias=bias is not None,
-                  name=b.name())
+                  name=b.name(), activation=act)
     if groups == cin and groups > 1 and cout % cin == 0:
         mult = cout // cin
         # (Cin*mult, 1, kh, kw) -> (kh, kw, Cin, mult)
@@ -63,7 +64,10 @@ def conv(b: KerasBuilder, node):
         kern = w.transpose(2, 3, 1, 0)  # (O, I/g, kh, kw) -> (kh, kw, I/g, O)
         layer = b.layers.Conv2D(cout, tuple(kernel), groups=groups, **common)
     weights = [kern] + ([bias] if bias is not None else [])
-    return b.apply(layer, x, weights, NHWC)
+    out = b.apply(layer, x, weights, NHWC)
+    if act_node is not None:
+        b.absorb(act_node, out)
+    return out
 
 
 @handler("ConvTranspose")
@@ -105,8 +109,12 @@ def _dense(b: KerasBuilder, node, x_value, kernel: np.ndarray, bias: np.ndarray 
         x = b.get(x_value, None)
         if rank is None:
             raise Unsupported("unknown rank")
-    layer = b.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=b.name())
-    return b.apply(layer, x, [kernel] + ([bias] if bias is not None else []), None)
+    act, act_node = b.fusable_activation()
+    layer = b.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=b.name(), activation=act)
+    out = b.apply(layer, x, [kernel] + ([bias] if bias is not None else []), None)
+    if act_node is not None:
+        b.absorb(act_node, out)
+    return out
 
 
 @handler("Gemm")
