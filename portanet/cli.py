@@ -669,7 +669,9 @@ def _print_verify(report) -> None:
     from rich.table import Table
 
     con = console()
-    table = Table(title=f"parity: {report.framework} source vs portanet (rtol={report.rtol:g}, atol={report.atol:g})")
+    ref = report.tools.get("reference")  # which implementation ran the source (Caffe: real Caffe or OpenCV)
+    source = f"{report.framework} source" + (f" [{ref}]" if ref else "")
+    table = Table(title=f"parity: {source} vs portanet (rtol={report.rtol:g}, atol={report.atol:g})")
     for col in ("backend", "inputs", "output", "max abs err", "max rel err", "cosine", "top-1", "result"):
         table.add_column(col, justify="right" if col in ("max abs err", "max rel err", "cosine", "top-1") else "left")
     for r in report.results:

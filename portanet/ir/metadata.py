@@ -15,6 +15,21 @@ FILES_KEY = "portanet.source_files"
 VERSION_KEY = "portanet.version"
 OPTIONS_KEY = "portanet.options"
 CERTIFICATE_KEY = "portanet.parity"
+#: on an integer graph input used as indices (e.g. token ids into an embedding table): the
+#: exclusive upper bound of valid values, so that generated inputs stay valid
+INDEX_BOUND_KEY = "portanet.index_bound"
+
+
+def mark_index_bound(value: ir.Value, bound: int) -> None:
+    """Record that integer input ``value`` indexes a table of ``bound`` rows (the smallest bound wins)."""
+    old = index_bound(value)
+    value.metadata_props[INDEX_BOUND_KEY] = str(bound if old is None else min(old, bound))
+
+
+def index_bound(value: ir.Value) -> int | None:
+    """The exclusive upper bound recorded by ``mark_index_bound`` (None if none)."""
+    raw = value.metadata_props.get(INDEX_BOUND_KEY)
+    return int(raw) if raw is not None else None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

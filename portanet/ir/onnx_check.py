@@ -225,6 +225,11 @@ def validate_proto(proto: onnx.ModelProto, path: str | os.PathLike[str], *, infe
             if msg.elem_type not in _VALID_TYPES:
                 raise InvalidModelError(f"{where}: {mpath.removeprefix('model.graph.')} has unknown element type "
                                         f"{msg.elem_type}")
+    seen: set[str] = set()
+    for node in proto.graph.node:  # ONNX Runtime refuses a graph with two nodes of one name
+        if node.name and node.name in seen:
+            raise InvalidModelError(f"{where}: two nodes are named '{node.name}' (node names must be unique)")
+        seen.add(node.name)
     if infer and proto.ByteSize() < _INFER_LIMIT:
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from portanet.errors import InvalidInputError
+from portanet.ir.metadata import index_bound
 from portanet.ir.shapes import dims_of, parse_shape
 
 
@@ -64,11 +65,12 @@ def _concrete(v: ir.Value, override: Sequence[int | str] | None, batch: int) -> 
     return out
 
 
-def _random(shape: list[int], dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+def _random(shape: list[int], dtype: np.dtype, rng: np.random.Generator, high: int | None = None) -> np.ndarray:
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
     if dtype.kind in "iu":
-        return rng.integers(0, 10, size=shape).astype(dtype)
+        # indices (token ids) stay below the table size the converter recorded
+        return rng.integers(0, max(1, min(10, high if high is not None else 10)), size=shape).astype(dtype)
     return rng.integers(0, 2, size=shape).astype(dtype)
 
 
@@ -117,7 +119,7 @@ def random_feed_sets(
                 override = spec[""]
             if override is not None and isinstance(override[0], int):
                 batch = int(override[0])
-            feeds[v.name or ""] = _random(_concrete(v, override, batch), _dtype(v), rng)
+            feeds[v.name or ""] = _random(_concrete(v, override, batch), _dtype(v), rng, index_bound(v))
         unknown = [k for k in spec if k not in feeds and k not in ("", "__batch__")]
         if unknown:
             raise InvalidInputError(f"--shapes names unknown input(s) {', '.join(unknown)}")

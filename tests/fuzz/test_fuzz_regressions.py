@@ -219,3 +219,12 @@ def test_keras_config_declaring_a_huge_layer_fails_without_allocating(tmp_path):
     bad = tmp_path / "huge.keras"
     bad.write_bytes(_rezip(src, edit))
     _expect_error([bad], tmp_path, "Keras cannot load the model")
+
+
+def test_onnx_duplicate_node_names(tmp_path):
+    """onnx.checker accepts two nodes of one name, ONNX Runtime refuses the model: so does portanet."""
+    proto = onnx.load(str(campaign.onnx_seed()["onnx"]))
+    proto.graph.node[1].name = proto.graph.node[0].name
+    bad = tmp_path / "dup.onnx"
+    onnx.save(proto, str(bad))
+    _expect_error([bad], tmp_path, "two nodes are named")

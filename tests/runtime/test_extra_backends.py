@@ -120,3 +120,16 @@ def test_cli_run_side_by_side(lenet, tmp_path):
     assert r.output.count("vs ort") == 3
     bad = CliRunner().invoke(cli, ["run", str(path), "--backends", "ort,nope"])
     assert bad.exit_code == 2 and "unknown backend 'nope'" in bad.output
+
+
+def test_verify_compares_every_backend_with_the_source():
+    """portanet.verify on a Caffe LeNet (reference: real Caffe or OpenCV's Caffe importer)
+    with the three runtimes as backends: each passes."""
+    for b in EXTRA:
+        _needs(b)
+    import portanet
+    from model_zoo.caffe.writer import build
+
+    report = portanet.verify(*build("lenet"), backends=["ort", "openvino", "opencv", "tract"])
+    assert report.passed
+    assert {r.backend for r in report.results} == {"ort", "openvino", "opencv", "tract"}

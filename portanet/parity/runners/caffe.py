@@ -381,7 +381,7 @@ def uses_real_caffe(sources: Sequence[Any], options: Any = None) -> bool:
 def describe(sources: Sequence[Any], options: Any = None) -> str:
     """Which implementation serves as the Caffe reference for ``sources``."""
     if uses_real_caffe(sources, options):
-        return f"BVLC Caffe 1.0 (pycaffe, {caffe_python()})"
+        return "BVLC Caffe 1.0 (pycaffe)"
     cv2 = require("cv2")
     return f"OpenCV DNN {cv2.__version__}"
 

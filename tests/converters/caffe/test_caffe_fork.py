@@ -124,11 +124,10 @@ def test_pooling_mask_and_upsample(caffe, case, request):
     pool_only.write_text(text.split('layer { name: "up"')[0])
     if runner.caffe_python() is not None and runner.caffe_layer_types():
         ref = runner.run_caffe([pool_only], {"data": x}, options={"output_names": ["pool", "mask"]})
-    else:
+        np.testing.assert_array_equal(got["mask"], ref["mask"])
+    else:  # OpenCV does not expose the mask by name: the unpooling below still checks it
         ref = caffe.opencv(pool_only, None, {"data": x}, ["pool"])
-        ref = {"pool": ref["pool"], "mask": got["mask"]}  # OpenCV does not expose the mask by name
     np.testing.assert_array_equal(got["pool"], ref["pool"])
-    np.testing.assert_array_equal(got["mask"], ref["mask"])
     assert got["up"].shape[2:] == size
     np.testing.assert_array_equal(got["up"], ref_unpool(got["pool"], got["mask"], *size))
 

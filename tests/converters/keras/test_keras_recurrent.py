@@ -346,3 +346,20 @@ def test_saved_file_converts_on_the_command_line(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert Session(str(out)).inputs[0].name == "ids"
     check_model(portanet.load(str(out)), keras.saving.load_model(src), token_ids(), False, "ort")
+
+
+def test_cli_verify_bisect_on_token_ids_stays_in_the_vocabulary(tmp_path) -> None:
+    """Generated inputs for token ids stay below the Embedding's vocabulary (recorded on the
+    input by the converter), so verify --bisect runs a masked model with a vocabulary of 6."""
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    keras.utils.set_random_seed(4)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    y = L.GRU(H)(L.Bidirectional(L.LSTM(H, return_sequences=True))(L.Embedding(6, F, mask_zero=True)(ids)))
+    src = tmp_path / "tokens.keras"
+    keras.Model(ids, y).save(src)
+    res = CliRunner().invoke(cli, ["verify", str(src), "--shapes", "1x5,3x9", "--bisect"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "parity OK" in res.output and "no divergent layer" in res.output

@@ -11,6 +11,7 @@ from portanet.converters.keras.context import KerasContext, to_numpy
 from portanet.converters.keras.ops._table import HANDLERS
 from portanet.converters.keras.ops.activations import apply_to_output
 from portanet.errors import ConversionError
+from portanet.ir.metadata import mark_index_bound
 
 #: layers that are the identity at inference time
 IDENTITY_LAYERS = (
@@ -43,6 +44,8 @@ def dense(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
 @HANDLERS.register("Embedding")
 def embedding(ctx: KerasContext, layer: Any, inputs: list, outputs: list) -> None:
     ids = ctx.get(inputs[0])
+    if ids in ctx.b.inputs and str(inputs[0].dtype).startswith(("int", "uint")):
+        mark_index_bound(ids, int(layer.input_dim))  # generated inputs (verify) stay valid ids
     if str(inputs[0].dtype) not in ("int64",):
         ids = ctx.op("Cast", [ids], {"to": 7})  # INT64; Keras casts float ids to int as well
     table = to_numpy(layer.embeddings, np.float32)

@@ -69,20 +69,27 @@ def non_max_suppression(
     alive = torch.ones_like(sorted_scores, dtype=torch.bool)
     if score_threshold is not None:
         alive = sorted_scores > float(torch.as_tensor(score_threshold).reshape(-1)[0])
+    # candidates come first in visiting order: only the longest run of them needs comparing
+    k = int(alive.sum(dim=1).max())
+    order, alive = order[:, :k], alive[:, :k].clone()
     batch_of = torch.arange(b, device=device).repeat_interleave(c)
-    cand = boxes[batch_of[:, None], order]  # (B*C, P, 4) in visiting order
-    sup = suppression_matrix(cand, center_point_box, thr)  # (B*C, P, P)
     chosen = torch.zeros_like(alive)
-    count = torch.zeros(b * c, dtype=torch.int64, device=device)
-    for i in range(p):
-        take = alive[:, i] & (count < limit)
-        if not bool(take.any()):
-            if not bool(alive[:, i:].any()):
-                break
-            continue
-        chosen[:, i] = take
-        count += take.to(torch.int64)
-        alive &= ~(take[:, None] & sup[:, i, :])
+    rows_per_chunk = max(1, (1 << 24) // max(1, k * k))  # bounds the (rows, K, K) suppression matrix
+    for r0 in range(0, b * c, rows_per_chunk):
+        r1 = min(b * c, r0 + rows_per_chunk)
+        cand = boxes[batch_of[r0:r1, None], order[r0:r1]]  # (rows, K, 4) in visiting order
+        sup = suppression_matrix(cand, center_point_box, thr)  # (rows, K, K)
+        live, pick = alive[r0:r1], chosen[r0:r1]
+        count = torch.zeros(r1 - r0, dtype=torch.int64, device=device)
+        for i in range(k):
+            take = live[:, i] & (count < limit)
+            if not bool(take.any()):
+                if not bool(live[:, i:].any()):
+                    break
+                continue
+            pick[:, i] = take
+            count += take.to(torch.int64)
+            live &= ~(take[:, None] & sup[:, i, :])
     rows, pos = chosen.nonzero(as_tuple=True)  # row-major: (batch, class) then visiting order
     return torch.stack([rows // c, rows % c, order[rows, pos]], dim=1).to(torch.int64)
 
