@@ -335,6 +335,20 @@ def finetune(ctx: Context, key: str, train_samples: int | None, on_batch: Callab
                        + (f"  (on the first {len(train)} training images)" if train_samples else "")}
 
 
+def _round_trip(ctx: Context, rows: list, train_samples: int | None, on_batch: Callable[[int, int], None]) -> dict:
+    """``portanet export`` of the converted Caffe model (model_zoo/case_study_export.py)."""
+    if not any(r.key == "caffe" and r.ok for r in rows):
+        return {"status": "skipped: no converted Caffe model"}
+    try:
+        from model_zoo.case_study_export import round_trip
+
+        sources = sorted((ctx.out / "sources" / "caffe").glob("case_study.*"))
+        return round_trip(ctx.out, sources, ctx.digits, ctx.settings, train_samples, on_batch)
+    except Exception as exc:  # noqa: BLE001 - the report says what failed
+        log.exception("export round trip failed")
+        return {"status": _failure(exc)}
+
+
 # ----------------------------------------------------------------------------------- driver
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="case_study.py", description=__doc__.split("\n\n")[0],
@@ -435,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    stages = 3 + len(wanted) + 3  # data, two trainings, frameworks, int8, fine-tune, report
+    stages = 3 + len(wanted) + 4  # data, two trainings, frameworks, int8, fine-tune, export, report
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     with progress:
@@ -523,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tuned = {"status": _failure(exc)}
         step()
 
+        stage("exporting the converted Caffe model back to PyTorch code and TFLite")
+        exported = _round_trip(ctx, rows, 320 if args.quick else None, advance)
+        step()
+
         stage("writing the report")
         result = CaseStudyResult(
             data={"name": str(args.data) if args.data else "embedded mnist-10k", "train": len(digits.y_train),
@@ -530,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings={"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
                       "momentum": settings.momentum, "gamma": settings.gamma, "max_batches": settings.max_batches,
                       "quick": args.quick, "full": args.full, "threads": args.threads, "bench": bench},
-            rtol=1e-4, atol=1e-5, parity_images=ctx.parity_images, rows=rows, finetune=tuned, tools=ctx.tools)
+            rtol=1e-4, atol=1e-5, parity_images=ctx.parity_images, rows=rows, finetune=tuned, tools=ctx.tools,
+            export=exported)
         result.seconds = time.perf_counter() - started
         result.conditions = {"start": start_conditions, "end": conditions()}
         paths = write_all(result, out)

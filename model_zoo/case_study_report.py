@@ -79,6 +79,8 @@ class CaseStudyResult:
     parity_images: int
     rows: list[FrameworkRow] = field(default_factory=list)
     finetune: dict[str, Any] = field(default_factory=dict)
+    #: the round trip back into frameworks (model_zoo/case_study_export.py)
+    export: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     #: measurement conditions at the start and the end of the run (load average, cores, threads)
@@ -203,6 +205,10 @@ def markdown(result: CaseStudyResult, picture: str = "report.png") -> str:
                 f"The same from the command line:\n\n    {f['command']}\n")
         else:
             parts.append(f"\n## Fine-tuning a converted model\n\n{f['status']}\n")
+    if result.export:
+        from model_zoo.case_study_export import markdown as export_markdown
+
+        parts.append(export_markdown(result.export))
     parts.append(conditions_markdown(result))
     notes = [f"- {r.title}: {n}" for r in result.rows for n in r.notes]
     if notes:

@@ -7,6 +7,7 @@ ONNX files run here by plain ONNX Runtime)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -113,7 +114,9 @@ def test_measurements_are_present(report: dict) -> None:
 def test_markdown_table_is_well_formed(run, report: dict) -> None:
     out, _ = run
     md = (out / "report.md").read_text()
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    all_lines = md.splitlines()
+    start = next(i for i, ln in enumerate(all_lines) if ln.startswith("|"))
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), all_lines[start:]))  # the first table
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[0] == "Framework" and header[-2:] == ["Max parity err", "Parity"]
     assert re.fullmatch(r"\|(---\|)+", lines[1]) and lines[1].count("---") == len(header)
@@ -187,6 +190,25 @@ def test_finetuned_model_exported(run, report: dict) -> None:
     sess = ort.InferenceSession(str(out / ft["onnx"]), providers=["CPUExecutionProvider"])
     (probs,) = sess.run(None, {sess.get_inputs()[0].name: digits.x_test})
     assert float(np.mean(probs.argmax(1) == digits.y_test)) == pytest.approx(ft["accuracy_after"], abs=1e-9)
+
+
+def test_export_round_trip(run, report: dict) -> None:
+    """`portanet export` of the converted Caffe model: the PyTorch code (fine-tuned with a plain
+    PyTorch loop) and the TFLite file, both verified against ONNX Runtime; their accuracy before
+    fine-tuning equals the converted model's on ONNX Runtime (same weights, same test split)."""
+    out, _ = run
+    exp = report["export"]
+    assert exp["status"] == "ok", exp
+    rows = {r["target"]: r for r in exp["rows"]}
+    assert set(rows) == {"pytorch", "tflite"}
+    ort_acc = _rows(report)["caffe"]["accuracy"]["ort"]
+    for r in rows.values():
+        assert r["parity_passed"] is True and (out / r["file"]).exists()
+        # at most one test image may flip (a near-tie between two classes)
+        assert r["accuracy_before"] == pytest.approx(ort_acc, abs=1.0 / report["data"]["test"] + 1e-12)
+    py = rows["pytorch"]
+    assert "self.conv1 = nn.Conv2d(1, 16" in (out / py["file"]).read_text()
+    assert (out / "export" / py["weights"]).exists() and 0.0 <= py["accuracy_after"] <= 1.0
 
 
 def test_load_digits_reads_any_mnist_directory(tmp_path: Path) -> None:

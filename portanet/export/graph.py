@@ -49,6 +49,8 @@ CONFIG_INPUTS: dict[str, frozenset[int]] = {
     "ReduceProd": frozenset({1}),
     "ReduceL2": frozenset({1}),
 }
+#: ops never evaluated at export time (random, or training-dependent)
+_NO_FOLD = {"Dropout", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 #: BatchNormalization's running mean and variance: buffers, not parameters
 BUFFER_INPUTS: dict[str, frozenset[int]] = {"BatchNormalization": frozenset({3, 4})}
 
@@ -97,6 +99,7 @@ class ExportGraph:
         infer_shapes(model)
         self.graph = model.graph
         self._consts: dict[int, np.ndarray] = {}
+        self._folded: set[int] = set()
         for node in self.graph:
             if node.op_type == "Constant" and node.outputs:
                 value = _constant_attr(node)
@@ -107,8 +110,33 @@ class ExportGraph:
     # -- traversal --------------------------------------------------------------------------
     def nodes(self) -> Iterator[ir.Node]:
         for node in self.graph:
-            if node.op_type != "Constant":
+            if node.op_type != "Constant" and id(node) not in self._folded:
                 yield node
+
+    def fold_constants(self) -> int:
+        """Evaluate nodes whose inputs are all constants (onnx's reference evaluator) and treat
+        their outputs as constants; ``nodes()`` then skips them. For targets whose layers
+        need constant weights (Keras): a BatchNormalization whose scale is computed from
+        stored tensors gets the computed values. Returns the number of folded nodes."""
+        import onnx.reference
+
+        folded = 0
+        for node in self.graph:
+            if node.op_type == "Constant" or not node.outputs or node.op_type in _NO_FOLD:
+                continue
+            ins = [v for v in node.inputs if v is not None and v.name]
+            if not ins or not all(self.is_const(v) for v in ins):
+                continue
+            proto = ir.serde.serialize_node(node)
+            try:
+                outs = onnx.reference.ReferenceEvaluator(proto).run(None, {v.name: self.const(v) for v in ins})
+            except Exception:  # noqa: BLE001 - an op the reference cannot run stays a node
+                continue
+            for v, arr in zip(node.outputs, outs):
+                self._consts[id(v)] = np.asarray(arr)
+            self._folded.add(id(node))
+            folded += 1
+        return folded
 
     @property
     def inputs(self) -> list[ir.Value]:

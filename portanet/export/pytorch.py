@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from portanet._deps import require
+from portanet.errors import InvalidInputError
 from portanet.export._files import publish, staging
 from portanet.export.graph import ExportGraph, identifier
 from portanet.export.registry import Artifact, ExportOptions, target
@@ -63,6 +64,8 @@ def taps_of(code: TorchCode) -> list[dict[str, Any]]:
 @target("pytorch", suffix=".py", help="readable nn.Module source (.py) + state dict (.pt)")
 def export_pytorch(g: ExportGraph, path: Path, options: ExportOptions) -> Artifact:
     path = Path(path)
+    if path.suffix != ".py":
+        raise InvalidInputError(f"{path}: the PyTorch export is Python source; name it <something>.py")
     with staging(path) as tmp:
         code, py, pt = write_code(g, tmp, path.stem, options)
         final_pt = path.with_suffix(".pt")

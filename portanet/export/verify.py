@@ -35,13 +35,12 @@ import json, os, sys
 import numpy as np
 
 spec = json.loads(sys.argv[1])
-kind, path = spec["runner"], spec["path"]
-data = np.load(spec["inputs"])
-taps = spec.get("taps")
+threads = int(spec["threads"])
 
-if kind in ("pytorch", "torchscript", "pt2"):
+
+def torch_runner(kind, path, taps, captured):
     import torch
-    torch.set_num_threads(int(spec["threads"]))
+    torch.set_num_threads(threads)
     if kind == "pytorch":
         import importlib.util
         mspec = importlib.util.spec_from_file_location("exported_net", path)
@@ -52,30 +51,29 @@ if kind in ("pytorch", "torchscript", "pt2"):
         model = torch.jit.load(path).eval()
     else:
         model = torch.export.load(path).module()
-    captured = {}
-    if taps:
-        want = {int(t["key"]): t["var"] for t in taps}
-        real = os.path.realpath(path)
+    want = {int(t["key"]): t["var"] for t in taps or []}
+    real = os.path.realpath(path)
 
-        def tracer(frame, event, arg):
-            if frame.f_code.co_name != "forward" or os.path.realpath(frame.f_code.co_filename) != real:
-                return None
-            prev = [None]
+    def tracer(frame, event, arg):
+        # records the local each tapped line of the generated forward assigns
+        if frame.f_code.co_name != "forward" or os.path.realpath(frame.f_code.co_filename) != real:
+            return None
+        prev = [None]
 
-            def local(frame, event, arg):
-                line = prev[0]
-                if line in want and want[line] in frame.f_locals:
-                    val = frame.f_locals[want[line]]
-                    if isinstance(val, torch.Tensor):
-                        captured[str(line)] = val.detach().numpy().copy()
-                prev[0] = frame.f_lineno if event == "line" else None
-                return local
+        def local(frame, event, arg):
+            line = prev[0]
+            if line in want and want[line] in frame.f_locals:
+                val = frame.f_locals[want[line]]
+                if isinstance(val, torch.Tensor):
+                    captured[str(line)] = val.detach().numpy().copy()
+            prev[0] = frame.f_lineno if event == "line" else None
             return local
+        return local
 
     def run(feeds):
         with torch.no_grad():
             args = [torch.from_numpy(f) for f in feeds]
-            if taps:
+            if want:
                 sys.settrace(tracer)
             try:
                 out = model(*args)
@@ -83,55 +81,72 @@ if kind in ("pytorch", "torchscript", "pt2"):
                 sys.settrace(None)
         out = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().numpy() for o in out]
-elif kind in ("keras", "savedmodel"):
+    return run
+
+
+def tf_runner(kind, path, taps, names):
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(int(spec["threads"]))
-    import keras
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     if kind == "keras":
+        import keras
         model = keras.saving.load_model(path)
         if taps:
             model = keras.Model(model.inputs, [model.get_layer(t["key"]).output for t in taps])
         run_model = lambda feeds: model(feeds if len(feeds) > 1 else feeds[0], training=False)
-    else:
+    elif kind == "savedmodel":
         loaded = tf.saved_model.load(path)
-        run_model = lambda feeds: loaded.serve(*[tf.constant(f) for f in feeds])
+        run_model = lambda feeds: loaded.serve([tf.constant(f) for f in feeds] if len(feeds) > 1
+                                               else tf.constant(feeds[0]))
+    else:
+        interp = tf.lite.Interpreter(model_path=path, num_threads=threads)
+        # the serving signature names inputs after the Keras inputs and outputs output_0, output_1, ...
+        runner = interp.get_signature_runner()
+
+        def run_model(feeds):
+            out = runner(**dict(zip(names, feeds)))
+            return [out[k] for k in sorted(out, key=lambda k: int(k.rsplit("_", 1)[-1]))]
 
     def run(feeds):
         out = run_model(feeds)
         out = list(out.values()) if isinstance(out, dict) else out
         out = out if isinstance(out, (tuple, list)) else [out]
         return [np.asarray(o) for o in out]
-else:  # tflite
-    import tensorflow as tf
-    interp = tf.lite.Interpreter(model_path=path, num_threads=int(spec["threads"]))
+    return run
 
-    def run(feeds):
-        ins = interp.get_input_details()
-        for d, f in zip(ins, feeds):
-            interp.resize_tensor_input(d["index"], list(f.shape))
-        interp.allocate_tensors()
-        for d, f in zip(interp.get_input_details(), feeds):
-            interp.set_tensor(d["index"], f)
-        interp.invoke()
-        return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
 
-results = {}
-for s in range(spec["sets"]):
-    feeds = [data[f"{s}_{k}"] for k in range(spec["n_inputs"])]
-    outs = run(feeds)
-    for j, o in enumerate(outs):
-        results[f"{s}_{j}"] = o
-    if taps:
-        if kind in ("keras", "savedmodel"):
+def run_job(job):
+    kind, path, taps = job["runner"], job["path"], job.get("taps")
+    data = np.load(job["inputs"])
+    captured = {}
+    if kind in ("pytorch", "torchscript", "pt2"):
+        run = torch_runner(kind, path, taps, captured)
+    else:
+        run = tf_runner(kind, path, taps, job["input_names"])
+    results = {}
+    for s in range(job["sets"]):
+        feeds = [data[f"{s}_{k}"] for k in range(job["n_inputs"])]
+        outs = run(feeds)
+        if taps and kind == "keras":
             for t, o in zip(taps, outs):
                 results[f"tap_{t['key']}"] = o
-        else:
+            break
+        for j, o in enumerate(outs):
+            results[f"{s}_{j}"] = o
+        if taps:
             for k, v in captured.items():
                 results[f"tap_{k}"] = v
-        break
+            break
+    return results
+
+
+for job in spec["jobs"]:
+    try:
+        results = run_job(job)
+    except Exception as exc:  # one export failing must not hide the others' results
+        results = {"__error__": np.array(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")}
+    np.savez(job["outputs"], **results)
 if "portanet" in sys.modules:
     raise SystemExit("the exported model imported portanet")
-np.savez(spec["outputs"], **results)
 '''
 
 
@@ -164,27 +179,40 @@ def _feeds(g: ExportGraph, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 def run_child(artifact: Artifact, feed_sets: list[list[np.ndarray]], taps: list[dict] | None = None,
-              threads: int = 1, timeout: float = 600) -> dict[str, np.ndarray]:
+              threads: int = 1, timeout: float = 900) -> dict[str, np.ndarray]:
     """Run ``artifact`` in a fresh interpreter (cwd outside the project; portanet not imported)."""
+    return run_children([(artifact, feed_sets, taps)], threads=threads, timeout=timeout)[0]
+
+
+def run_children(jobs: list[tuple[Artifact, list[list[np.ndarray]], list[dict] | None]], threads: int = 1,
+                 timeout: float = 900) -> list[dict[str, np.ndarray]]:
+    """Run several artifacts in one fresh interpreter (one framework start-up for all)."""
     with tempfile.TemporaryDirectory(prefix="portanet-check-") as tmp:
-        inputs = Path(tmp) / "inputs.npz"
-        outputs = Path(tmp) / "outputs.npz"
-        arrays = {f"{s}_{k}": a for s, feeds in enumerate(feed_sets) for k, a in enumerate(feeds)}
-        np.savez(inputs, **arrays)
-        spec = {"runner": artifact.runner, "path": str(Path(artifact.path).resolve()), "inputs": str(inputs),
-                "outputs": str(outputs), "sets": len(feed_sets), "n_inputs": len(feed_sets[0]),
-                "threads": threads, "taps": taps}
+        specs = []
+        for i, (artifact, feed_sets, taps) in enumerate(jobs):
+            inputs = Path(tmp) / f"inputs{i}.npz"
+            arrays = {f"{s}_{k}": a for s, feeds in enumerate(feed_sets) for k, a in enumerate(feeds)}
+            np.savez(inputs, **arrays)
+            specs.append({"runner": artifact.runner, "path": str(Path(artifact.path).resolve()),
+                          "inputs": str(inputs), "outputs": str(Path(tmp) / f"outputs{i}.npz"),
+                          "sets": len(feed_sets), "n_inputs": len(feed_sets[0]), "taps": taps,
+                          "input_names": artifact.input_names})
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        spec = {"jobs": specs, "threads": threads}
         proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
-            raise RuntimeBackendError(f"{artifact.path}: running the {artifact.target} export failed: {tail[0]}")
-        with np.load(outputs) as z:
-            return {k: z[k] for k in z.files}
+            names = ", ".join(str(a.path) for a, _, _ in jobs)
+            raise RuntimeBackendError(f"{names}: running the export failed: {tail[0]}")
+        out = []
+        for sp in specs:
+            with np.load(sp["outputs"]) as z:
+                out.append({k: z[k] for k in z.files})
+        return out
 
 
 def _to_ir(arr: np.ndarray, perm: list[int] | None) -> np.ndarray:
@@ -198,26 +226,40 @@ def _from_ir(arr: np.ndarray, perm: list[int] | None) -> np.ndarray:
     return arr if perm is None else np.ascontiguousarray(arr.transpose(perm))
 
 
-def check_export(g: ExportGraph, artifact: Artifact, *, atol: float = 1e-5, rtol: float = 1e-4,
-                 seed: int = 0, threads: int = 1) -> ExportCheck:
-    """Compare ``artifact`` with ONNX Runtime on seeded inputs at batch 1 and 3 (see module doc)."""
+def reference(g: ExportGraph, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Seeded feed sets (batch 1 and 3) and ONNX Runtime's outputs on them."""
     from portanet.runtime.session import Session
 
     sets = _feeds(g, seed)
-    names = [v.name or "" for v in g.inputs]
-    in_perms = artifact.input_perms or [None] * len(names)
-    out_perms = artifact.output_perms or [None] * len(g.outputs)
     session = Session(g.model, backend="ort")
-    refs = [session.run(feeds) for feeds in sets]
-    child = [[_from_ir(feeds[n], p) for n, p in zip(names, in_perms)] for feeds in sets]
-    got = run_child(artifact, child, threads=threads)
+    return sets, [session.run(feeds) for feeds in sets]
+
+
+def child_feeds(g: ExportGraph, artifact: Artifact, sets: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    names = [v.name or "" for v in g.inputs]
+    perms = artifact.input_perms or [None] * len(names)
+    return [[_from_ir(feeds[n], p) for n, p in zip(names, perms)] for feeds in sets]
+
+
+def compare_outputs(g: ExportGraph, artifact: Artifact, sets: list[dict[str, np.ndarray]],
+                    refs: list[dict[str, np.ndarray]], got: dict[str, np.ndarray], atol: float,
+                    rtol: float) -> ExportCheck:
+    """|export - ort| <= atol + rtol * max|ort| per output, over every feed set."""
+    out_perms = artifact.output_perms or [None] * len(g.outputs)
     check = ExportCheck(artifact.target, True, batches=[int(next(iter(s.values())).shape[0]) for s in sets])
+    if "__error__" in got:
+        check.passed, check.detail = False, f"running the export failed: {got['__error__']}"
+        return check
     for s, ref in enumerate(refs):
         for j, v in enumerate(g.outputs):
             name = v.name or f"output{j}"
             want = np.asarray(ref[v.name or ""])
-            have = _to_ir(got[f"{s}_{j}"], out_perms[j])
             entry = check.outputs.setdefault(name, {"max_abs_err": 0.0, "allowed": 0.0, "max_abs_ref": 0.0})
+            if f"{s}_{j}" not in got:
+                check.passed, check.detail = False, f"the export returned no output {j}"
+                entry["max_abs_err"] = float("inf")
+                continue
+            have = _to_ir(got[f"{s}_{j}"], out_perms[j])
             if have.shape != want.shape:
                 check.passed = False
                 check.detail = f"output {name}: shape {list(have.shape)}, ONNX Runtime {list(want.shape)}"
@@ -231,24 +273,32 @@ def check_export(g: ExportGraph, artifact: Artifact, *, atol: float = 1e-5, rtol
             entry["allowed"] = max(entry["allowed"], allowed)
             if not err <= allowed:
                 check.passed = False
-    if not check.passed:
-        _bisect(g, artifact, sets[0], check, atol, rtol, threads)
     return check
 
 
-def _bisect(g: ExportGraph, artifact: Artifact, feeds: dict[str, np.ndarray], check: ExportCheck,
+def check_export(g: ExportGraph, artifact: Artifact, *, atol: float = 1e-5, rtol: float = 1e-4,
+                 seed: int = 0, threads: int = 1) -> ExportCheck:
+    """Compare ``artifact`` with ONNX Runtime on seeded inputs at batch 1 and 3 (see module doc)."""
+    sets, refs = reference(g, seed)
+    got = run_child(artifact, child_feeds(g, artifact, sets), threads=threads)
+    if "__error__" in got:
+        raise RuntimeBackendError(f"{artifact.path}: running the {artifact.target} export failed: {got['__error__']}")
+    check = compare_outputs(g, artifact, sets, refs, got, atol, rtol)
+    if not check.passed:
+        bisect_export(g, artifact, sets[0], check, atol, rtol, threads)
+    return check
+
+
+def bisect_export(g: ExportGraph, artifact: Artifact, feeds: dict[str, np.ndarray], check: ExportCheck,
             atol: float, rtol: float, threads: int) -> None:
-    """Fill ``check.layer`` with the first tapped IR value that diverges."""
+    """Fill ``check.layer`` with the source layer of the first tapped IR value that diverges."""
     from portanet.parity.bisect import run_with_outputs
 
     art = artifact if artifact.taps else artifact.bisect_with
     if art is None or not art.taps:
         return
-    names = [v.name or "" for v in g.inputs]
-    in_perms = art.input_perms or [None] * len(names)
     try:
-        got = run_child(art, [[_from_ir(feeds[n], p) for n, p in zip(names, in_perms)]], taps=art.taps,
-                        threads=threads)
+        got = run_child(art, child_feeds(g, art, [feeds]), taps=art.taps, threads=threads)
     except RuntimeBackendError as exc:
         log.warning("bisection run failed: %s", exc)
         return
@@ -284,4 +334,5 @@ def raise_on_failure(check: ExportCheck, path: Path) -> None:
     raise ParityError(f"{path}: {check.target} export does not match ONNX Runtime: {detail}{where}")
 
 
-__all__ = ["ExportCheck", "check_export", "raise_on_failure", "run_child"]
+__all__ = ["ExportCheck", "bisect_export", "check_export", "compare_outputs", "raise_on_failure", "reference",
+           "run_child", "run_children"]

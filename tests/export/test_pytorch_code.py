@@ -82,28 +82,28 @@ def test_loads_in_plain_python_and_matches_the_caffe_source(case_study_py: Path)
 def test_parameters_buffers_and_training(export_dir: Path) -> None:
     """Weights are nn.Parameters, BatchNorm statistics buffers; one SGD step changes the
     weights and the running statistics, and the batch stays dynamic."""
-    out = export_dir / "resnet18.py"
-    portanet.export(zoo_ir("pytorch-resnet18"), to="pytorch", path=out, verify=False)
+    out = export_dir / "unet.py"
+    portanet.export(zoo_ir("pytorch-small_unet"), to="pytorch", path=out, verify=False)
     mod = import_generated(out)
     model = mod.load()
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     assert params and all(k.endswith(("weight", "bias")) for k in params)
     assert {k.rsplit(".", 1)[1] for k in buffers} == {"running_mean", "running_var", "num_batches_tracked"}
-    g = ExportGraph(zoo_ir("pytorch-resnet18"))  # every trainable IR initializer is a parameter
+    g = ExportGraph(zoo_ir("pytorch-small_unet"))  # every trainable IR initializer is a parameter
     trainable = [v for v in g.graph.initializers.values() if g.kind(v) == "param"]
     assert sum(p.numel() for p in params.values()) == sum(v.const_value.size for v in trainable)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {k: v.detach().clone() for k, v in list(params.items())[:3]}
     mean_before = next(v for k, v in buffers.items() if k.endswith("running_mean")).clone()
-    x = torch.randn(5, 3, 64, 64)
-    loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 1000, (5,)))
+    x = torch.randn(5, 3, 32, 32)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 2, (5, 32, 32)))
     loss.backward()
     opt.step()
     assert all(not torch.equal(before[k], params[k].detach()) for k in before)
     assert not torch.equal(mean_before, next(v for k, v in buffers.items() if k.endswith("running_mean")))
-    assert model.eval()(torch.randn(7, 3, 64, 64)).shape == (7, 1000)
+    assert model.eval()(torch.randn(7, 3, 32, 32)).shape == (7, 2, 32, 32)
 
 
 def test_resnet50_reads_at_about_two_lines_per_layer(export_dir: Path) -> None:

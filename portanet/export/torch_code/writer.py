@@ -275,7 +275,7 @@ class TorchWriter:
             dims = g.shape(v) or []
             shapes.append(f"{a}: ({', '.join(str(d) if d is not None else '?' for d in dims)})")
         lines += [
-            f'"""{self.class_name}: a PyTorch module exported by portanet from its IR.',
+            f'"""{self.class_name}: a PyTorch module exported by portanet from {_source(g)}.',
             "",
             "Weights are in the .pt file beside this one (a state dict). Usage:",
             "",
@@ -317,6 +317,23 @@ class TorchWriter:
         ]
         self._taps = taps
         return "\n".join(lines)
+
+
+def _source(g: ExportGraph) -> str:
+    """"caffe (a.prototxt, b.caffemodel)" from the model's metadata, else "its IR"."""
+    import json
+
+    from portanet.ir.metadata import FILES_KEY, FRAMEWORK_KEY
+
+    props = g.model.metadata_props
+    fw = props.get(FRAMEWORK_KEY)
+    if not fw:
+        return "its IR"
+    try:
+        files = [f["file"] for f in json.loads(props.get(FILES_KEY, "[]"))]
+    except (ValueError, TypeError, KeyError):
+        files = []
+    return f"{fw} ({', '.join(files)})" if files else fw
 
 
 class _NNModuleNames:

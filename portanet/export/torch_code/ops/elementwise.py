@@ -53,12 +53,26 @@ def _variadic(fn: str, mean: bool = False):
         if fn == "+":
             expr = " + ".join(xs)
             return f"({expr}) / {len(xs)}" if mean else expr
-        expr = xs[0]
-        for x in xs[1:]:
+        # a Python number cannot be torch.maximum's argument: clamp by it instead
+        nums = [x for x in xs if _is_number(x)]
+        tensors = [x for x in xs if not _is_number(x)]
+        expr = tensors[0]
+        for x in tensors[1:]:
             expr = f"{fn}({expr}, {x})"
+        for x in nums:
+            bound = "min" if fn == "torch.maximum" else "max"
+            expr = f"torch.clamp({expr}, {bound}={x})"
         return expr
 
     return emit
+
+
+def _is_number(expr: str) -> bool:
+    try:
+        float(expr.replace("float(", "").rstrip(")").strip("'"))
+    except ValueError:
+        return False
+    return True
 
 
 emitter("Max")(_variadic("torch.maximum"))

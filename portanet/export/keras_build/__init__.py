@@ -1,0 +1,1 @@
+"""IR -> a Keras 3 functional model of standard layers, channels-last inside (see ``builder``)."""

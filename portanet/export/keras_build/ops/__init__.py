@@ -1,0 +1,1 @@
+"""Keras handlers, one module per op family; each registers with ``builder.handler``."""
