@@ -187,6 +187,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(refs / "resnet18_v1-symbol.json", ws / "resnet-symbol.json")
         for name in ("resnet-0000.params", "resnet-0010.params", "other.params"):
             shutil.copy(refs / "resnet18_v1-0000.params", ws / name)
+        for name in ("resnet50_v2-symbol.json", "resnet50_v2-0000.params"):  # the float64 arbitration example
+            shutil.copy(refs / name, ws / name)
     return ws
 
 
@@ -264,7 +266,7 @@ def _python_block_after(heading: str) -> str:
 
 
 def _check_runnable(cmd: str, ws: Path) -> None:
-    if cmd.startswith("portanet ") and "resnet-" in cmd and not (ws / "resnet-symbol.json").exists():
+    if re.search(r"resnet-|resnet50_v2-", cmd) and not (ws / "resnet-symbol.json").exists():
         pytest.skip("the mxnet side environment is missing (make mxnet-env creates it)")
 
 
