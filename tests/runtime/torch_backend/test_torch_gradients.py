@@ -181,13 +181,23 @@ CASES: list[tuple] = [
     ("RNN_loop_affine", "RNN", [X(3, 2, 2), X(2, 2, 2), X(2, 2, 2)],
      {"hidden_size": 2, "direction": "bidirectional", "activations": ["Affine", "Softsign"],
       "activation_alpha": [0.5], "activation_beta": [0.1]}),
+    # detection: gather/scatter by index, region pooling (rois are constants)
+    ("GatherND", "GatherND", [X(2, 3, 4), np.array([[0, 1], [1, 2]], dtype=I64)], {}),
+    ("ScatterND", "ScatterND", [X(4, 3), np.array([[1], [3]], dtype=I64), X(2, 3)], {}),
+    ("ScatterElements", "ScatterElements", [X(3, 3), np.array([[1, 0, 2], [0, 2, 1]], dtype=I64), X(2, 3)],
+     {"axis": 0}),
+    ("OneHot_values", "OneHot", [ints(1, 0, 2), ints(3), X(2)], {}),
+    ("RoiAlign", "RoiAlign", [X(1, 2, 6, 6), np.array([[0.3, 0.2, 4.1, 3.7], [1.2, 1.1, 5.3, 5.6]]), ints(0, 0)],
+     {"output_height": 2, "output_width": 2, "sampling_ratio": 2}),
+    ("MaxRoiPool", "MaxRoiPool", [X(1, 2, 6, 6), np.array([[0, 0, 0, 3, 3], [0, 1, 1, 5, 5]], dtype=np.float64)],
+     {"pooled_shape": [2, 2]}),
 ]
 
 #: ops without a gradient to check: integer/boolean outputs or piecewise-constant functions
 NOT_DIFFERENTIABLE = {
     "ArgMax", "ArgMin", "Hardmax", "Shape", "Size", "Constant", "ConstantOfShape", "Range",
     "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
-    "Floor", "Ceil", "Round", "Sign",
+    "Floor", "Ceil", "Round", "Sign", "NonZero", "NonMaxSuppression",
 }
 
 

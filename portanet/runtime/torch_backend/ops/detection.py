@@ -247,9 +247,11 @@ def roi_align(x: torch.Tensor, rois: torch.Tensor, batch_indices: torch.Tensor, 
     # x (N, C, H, W), rois (R, 4) [x1, y1, x2, y2], batch_indices (R,) -> (R, C, out_h, out_w)
     h, w = x.shape[2], x.shape[3]
     offset = 0.5 if half_pixel else 0.0
+    # ONNX Runtime samples in the input's float type: float32 for float/half, float64 for double
+    ft = torch.float64 if x.dtype == torch.float64 else torch.float32
     outs = []
     for r in range(rois.shape[0]):
-        roi = rois[r].to(torch.float32)
+        roi = rois[r].to(ft)
         bi = int(batch_indices[r])
         sw, sh = roi[0] * spatial_scale - offset, roi[1] * spatial_scale - offset
         ew, eh = roi[2] * spatial_scale - offset, roi[3] * spatial_scale - offset
@@ -264,13 +266,13 @@ def roi_align(x: torch.Tensor, rois: torch.Tensor, batch_indices: torch.Tensor, 
             outs.append(x.new_zeros((x.shape[1], out_h, out_w)))
             continue
         # sample positions (out, grid) along each axis
-        ys = sh + torch.arange(out_h, dtype=torch.float32)[:, None] * bin_h \
-            + (torch.arange(gh, dtype=torch.float32)[None, :] + 0.5) * bin_h / gh
-        xs = sw + torch.arange(out_w, dtype=torch.float32)[:, None] * bin_w \
-            + (torch.arange(gw, dtype=torch.float32)[None, :] + 0.5) * bin_w / gw
+        ys = sh + torch.arange(out_h, dtype=ft)[:, None] * bin_h \
+            + (torch.arange(gh, dtype=ft)[None, :] + 0.5) * bin_h / gh
+        xs = sw + torch.arange(out_w, dtype=ft)[:, None] * bin_w \
+            + (torch.arange(gw, dtype=ft)[None, :] + 0.5) * bin_w / gw
         yl, yh, hy, ly, yout = _bilinear_terms(ys.reshape(-1), h)
         xl, xh, hx, lx, xout = _bilinear_terms(xs.reshape(-1), w)
-        img = x[bi].to(torch.float32)  # (C, H, W)
+        img = x[bi].to(ft)  # (C, H, W)
         # corner values (C, Y, X) and weights (Y, X)
         v1, v2 = img[:, yl][:, :, xl], img[:, yl][:, :, xh]
         v3, v4 = img[:, yh][:, :, xl], img[:, yh][:, :, xh]
