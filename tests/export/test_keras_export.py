@@ -100,3 +100,19 @@ def test_tflite_dynamic_quantization(tmp_path: Path) -> None:
     g = ExportGraph(portanet.optimize(portanet.convert(*files), level=1))
     float_bytes = 4 * sum(v.const_value.size for v in g.graph.initializers.values())
     assert (tmp_path / "cs_q.tflite").stat().st_size < 0.5 * float_bytes
+
+
+def test_parity_failure_names_the_keras_layer(monkeypatch, tmp_path: Path) -> None:
+    """A deliberately wrong handler (softmax written as sigmoid) is caught in the fresh process
+    and located by tapping the Keras layers' outputs."""
+    from portanet.errors import ParityError
+    from portanet.export.keras_build import builder
+    from portanet.export.keras_build.ops import activation  # noqa: F401 - registers the handlers
+
+    def wrong(b, node):
+        x = b.get(node.inputs[0], None)
+        return b.apply(b.layers.Activation("sigmoid", name=b.name()), x, None, None)
+
+    monkeypatch.setitem(builder._HANDLERS, "Softmax", wrong)
+    with pytest.raises(ParityError, match=r"first divergent layer 'prob' \(Softmax\)"):
+        portanet.export(list(map(str, case_study_caffe_files())), to="keras", path=tmp_path / "bad.keras")
