@@ -149,6 +149,16 @@ def _complete(vi: onnx.ValueInfoProto) -> bool:
     return vi.type.tensor_type.HasField("elem_type") and vi.type.tensor_type.HasField("shape")
 
 
+def _forget_generated_dims(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """Turn the placeholder dim names ONNX inference invents (``unk__3``) into unknown dims, so
+    later inference (the optimizer's, which keeps named dims) can still find their sizes."""
+    if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.HasField("shape"):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.WhichOneof("value") == "dim_param" and d.dim_param.startswith("unk__"):
+                d.ClearField("dim_param")
+    return vi
+
+
 def repair_interface(proto: onnx.ModelProto) -> bool:
     """Accept what ONNX Runtime accepts (in place):
 
@@ -179,9 +189,12 @@ def repair_interface(proto: onnx.ModelProto) -> bool:
     except Exception:  # noqa: BLE001 - repair is best effort; validate_proto reports real errors
         return changed
     found = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output] if _complete(vi)}
+    outputs = {vi.name for vi in proto.graph.output}
     for vi in incomplete:
         if vi.name in found:
             vi.type.CopyFrom(found[vi.name].type)
+            if vi.name not in outputs:
+                _forget_generated_dims(vi)
             changed = True
     # value_info entries that stay incomplete carry nothing the checker accepts: drop them
     keep = [vi for vi in proto.graph.value_info if _complete(vi)]
@@ -239,4 +252,5 @@ def validate_proto(proto: onnx.ModelProto, path: str | os.PathLike[str], *, infe
         # files without value_info (allowed, and common): intermediate values get their types,
         # so tools that expose them as outputs (bisection) know their element types
         known = {vi.name for vi in _interface(proto)}
-        proto.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in known and _complete(vi))
+        proto.graph.value_info.extend(_forget_generated_dims(vi) for vi in inferred.graph.value_info
+                                      if vi.name not in known and _complete(vi))

@@ -128,13 +128,13 @@ def test_unsupported_ops_are_listed_together() -> None:
     b = GraphBuilder("test")
     x = b.add_input("x", [BATCH, 4])
     y = b.op("Relu", [x])
-    y = b.op("NonMaxSuppression", [y, y], name="nms")
+    y = b.op("LabelEncoder", [y], name="enc", domain="ai.onnx.ml")
     y = b.op("Det", [y], name="det1")
     y = b.op("Det", [y], name="det2")
     b.add_output(y, "y")
     with pytest.raises(UnsupportedOpError) as err:
         lower(b.build(infer=False))
-    assert err.value.unsupported == {"NonMaxSuppression": ["nms"], "Det": ["det1", "det2"]}
+    assert err.value.unsupported == {"ai.onnx.ml::LabelEncoder": ["enc"], "Det": ["det1", "det2"]}
     assert "\n" not in str(err.value)
 
 
