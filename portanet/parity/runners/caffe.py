@@ -33,7 +33,6 @@ outputs are the layers' own and 3x3 convolutions are computed exactly.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import io
 import json
@@ -327,19 +326,25 @@ def _subprocess(py: Path, request: dict[str, Any], folder: Path) -> subprocess.C
                           capture_output=True, text=True)
 
 
-@functools.cache
+_LAYER_TYPES: dict[Path, frozenset[str]] = {}
+
+
 def caffe_layer_types(py: Path | None = None) -> frozenset[str]:
-    """The layer types the real Caffe registers (empty when there is no real Caffe)."""
+    """The layer types the real Caffe registers (empty when there is no real Caffe). Only an
+    answer is remembered: a Caffe that failed to start is asked again next time."""
     py = py or caffe_python()
     if py is None:
         return frozenset()
+    if py in _LAYER_TYPES:
+        return _LAYER_TYPES[py]
     with tempfile.TemporaryDirectory(prefix="portanet-caffe-") as tmp:
         out = Path(tmp) / "types.json"
         proc = _subprocess(py, {"types": True, "out": str(out)}, Path(tmp))
         if proc.returncode != 0:
             log.warning("real Caffe at %s does not start: %s", py, (proc.stderr or "").strip().splitlines()[-1:])
             return frozenset()
-        return frozenset(json.loads(out.read_text()))
+        _LAYER_TYPES[py] = frozenset(json.loads(out.read_text()))
+        return _LAYER_TYPES[py]
 
 
 def _definition(sources: Sequence[Any], options: Any) -> tuple[Any, Path | None, Path | None]:
