@@ -87,3 +87,28 @@ def _prune(keep: Path) -> None:
 
 if __name__ == "__main__":
     print(build(tuple(sys.argv[1:]) or ALL_PARTS))
+
+
+def build_side_references(script: str, cache_name: str, env: dict[str, str], what: str) -> tuple[Path, dict]:
+    """Run ``model_zoo/mxnet/<script> OUT`` in the mxnet side environment once and cache its
+    output under ``cache_dir(cache_name, <hash of the script>)``; returns (folder, manifest).
+    The folder is filled atomically: files land first, ``manifest.json`` last."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256((here / script).read_bytes()).hexdigest()[:12]
+    out = cache_dir(cache_name, digest)
+    if not (out / "manifest.json").exists():
+        py = mxnet_python()
+        if py is None:
+            raise RuntimeError("the mxnet side environment is missing; run `make mxnet-env`")
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+        try:
+            proc = subprocess.run([str(py), str(here / script), str(tmp)], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"mxnet {what} reference build failed:\n{proc.stderr[-4000:]}")
+            for f in tmp.iterdir():
+                if f.name != "manifest.json":
+                    os.replace(f, out / f.name)
+            os.replace(tmp / "manifest.json", out / "manifest.json")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out, json.loads((out / "manifest.json").read_text())
