@@ -83,6 +83,35 @@ def _options(options: Any) -> Any:
     return ConvertOptions()
 
 
+def _is_train_test(definition: Any) -> bool:
+    """Whether a (V2-upgraded) net has data/loss layers or phase rules: not a deploy net."""
+    from portanet.converters.caffe import net as caffe_net
+
+    return any(
+        lp.type in caffe_net.DATA_LAYERS or lp.include or lp.exclude or lp.type.endswith("Loss")
+        or lp.type in caffe_net.DROPPED_LAYERS
+        for lp in definition.layer
+    )
+
+
+def _deploy_layers(definition: Any, where: str, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """A train/test net's TEST-phase deploy graph as LayerParameters, its inputs turned into
+    ``Input`` layers of the feeds' shapes (what OpenCV and real Caffe are given)."""
+    from portanet.converters.caffe import net as caffe_net
+    from portanet.converters.caffe import schema
+
+    deploy = caffe_net.deploy_graph(definition, path=where)
+    layers = []
+    for spec in deploy.inputs:
+        if spec.name not in feeds:
+            raise InvalidInputError(f"no feed for input '{spec.name}'")
+        lp = schema.messages()["LayerParameter"](name=spec.name, type="Input")
+        lp.top.append(spec.name)
+        lp.input_param.shape.add().dim.extend(feeds[spec.name].shape)
+        layers.append(lp)
+    return layers + [layer.param for layer in deploy.layers]
+
+
 def opencv_net(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options: Any = None) -> OpenCVNet:
     """Prepare the files OpenCV reads for the Caffe ``sources`` (see the module docstring)."""
     from google.protobuf import text_format
@@ -99,23 +128,10 @@ def opencv_net(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options:
     caffe_net.upgrade_inputs(definition)
 
     notes: list[str] = []
-    train_test = any(
-        lp.type in caffe_net.DATA_LAYERS or lp.include or lp.exclude or lp.type.endswith("Loss")
-        or lp.type in caffe_net.DROPPED_LAYERS
-        for lp in definition.layer
-    )
+    train_test = _is_train_test(definition)
     layers = list(definition.layer)
     if train_test:
-        deploy = caffe_net.deploy_graph(definition, path=str(prototxt or weights))
-        layers = []
-        for spec in deploy.inputs:
-            if spec.name not in feeds:
-                raise InvalidInputError(f"no feed for input '{spec.name}'")
-            lp = schema.messages()["LayerParameter"](name=spec.name, type="Input")
-            lp.top.append(spec.name)
-            lp.input_param.shape.add().dim.extend(feeds[spec.name].shape)
-            layers.append(lp)
-        layers += [layer.param for layer in deploy.layers]
+        layers = _deploy_layers(definition, str(prototxt or weights), feeds)
         notes.append("train/test net reduced to its TEST-phase deploy graph with Input layers")
 
     blobs: dict[str, list[np.ndarray]] = {}
@@ -399,28 +415,14 @@ def _caffe_files(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], option
     shapes; with requested layers, every layer writes fresh blobs (in-place layers included)."""
     from google.protobuf import text_format
 
-    from portanet.converters.caffe import net as caffe_net
     from portanet.converters.caffe import schema
 
     definition, prototxt, weights = _definition(sources, options)
-    train_test = any(
-        lp.type in caffe_net.DATA_LAYERS or lp.include or lp.exclude or lp.type.endswith("Loss")
-        or lp.type in caffe_net.DROPPED_LAYERS
-        for lp in definition.layer
-    )
+    train_test = _is_train_test(definition)
     if prototxt is not None and not train_test and not layers and not force_backward:
         return prototxt, weights, {}
     if train_test:
-        deploy = caffe_net.deploy_graph(definition, path=str(prototxt or weights))
-        out_layers = []
-        for spec in deploy.inputs:
-            if spec.name not in feeds:
-                raise InvalidInputError(f"no feed for input '{spec.name}'")
-            lp = schema.messages()["LayerParameter"](name=spec.name, type="Input")
-            lp.top.append(spec.name)
-            lp.input_param.shape.add().dim.extend(feeds[spec.name].shape)
-            out_layers.append(lp)
-        out_layers += [layer.param for layer in deploy.layers]
+        out_layers = _deploy_layers(definition, str(prototxt or weights), feeds)
     else:
         out_layers = list(definition.layer)
     blob_of: dict[str, str] = {}
