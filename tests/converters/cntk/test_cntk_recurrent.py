@@ -210,3 +210,37 @@ def test_loops_become_scans_and_the_stack_onnx_rnns(cntk_zoo_dir):
     assert ops("ornn_lstm_bi2").count("LSTM") == 2  # one bidirectional node per layer
     assert ops("ornn_gru").count("GRU") == 1
     assert "Scan" not in ops("ornn_rnn_tanh2")
+
+
+def test_portanet_train_updates_weights_inside_the_loop(cntk_zoo_dir, tmp_path):
+    """`portanet train` runs on a converted CNTK recurrent model (the torch backend trains
+    through the Scan): the recurrent weight H, read only inside the loop body, changes."""
+    import onnx
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    m = build_recurrent("lstm_last", directory=cntk_zoo_dir)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "seq.npz"
+    # sequences (N, T, F); the classifier's output is sequence.last's length-1 sequence (N, 1, 3)
+    np.savez(data, x=rng.standard_normal((48, 6, 4)).astype(np.float32),
+             y=rng.standard_normal((48, 1, 3)).astype(np.float32))
+    onnx_path, trained = tmp_path / "lstm.onnx", tmp_path / "trained.onnx"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["convert", str(m.path), "-o", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", str(onnx_path), "--data", str(data), "--train-output", "dense", "--loss", "mse",
+                              "--epochs", "1", "--batch-size", "16", "--optimizer", "adam", "--lr", "0.01",
+                              "-o", str(trained)])
+    assert res.exit_code == 0, res.output
+
+    def weights(p) -> dict[str, np.ndarray]:
+        return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+
+    before, after = weights(onnx_path), weights(trained)
+    h_name = next(k for k, v in before.items() if v.shape == m.weights["H"].shape and np.array_equal(v, m.weights["H"]))
+    assert not np.allclose(before[h_name], after[h_name])
+    scan = next(n for n in onnx.load(str(trained)).graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert h_name in {i for n in body.node for i in n.input}  # H is read inside the Scan body
