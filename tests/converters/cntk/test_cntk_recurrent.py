@@ -163,6 +163,12 @@ def reference(m: RecurrentZooModel, x: np.ndarray) -> list[np.ndarray]:
         h = ref_rnn(x, w["W"], w["H"], w["b"], 0.25, offset=2)
         z = x - ref_delay(x, 0.5, 1, False) + ref_delay(x, 0.0, 2, True)
         return [h, z]
+    if m.name == "bilstm_stack":
+        flat = x.reshape(*x.shape[:2], 6)
+        fw = ref_lstm(flat, w["Wf"].reshape(6, -1), w["Hf"], w["bf"])
+        bw = ref_lstm(flat[:, ::-1], w["Wb"].reshape(6, -1), w["Hb"], w["bb"])[:, ::-1]  # go_backwards
+        h1 = np.concatenate([fw, bw], axis=2)
+        return [h1, ref_rnn(h1, w["W2"], w["H2"], w["b2"], 0.0)]
     spec = {"ornn_lstm_bi2": ("lstm", 4, 2, True), "ornn_gru": ("gru", 4, 1, False),
             "ornn_gru_bi": ("gru", 3, 1, True), "ornn_rnn_tanh2": ("rnnTanh", 4, 2, False),
             "ornn_rnn_relu_bi": ("rnnReLU", 4, 1, True)}[m.name]
