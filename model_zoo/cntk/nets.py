@@ -535,7 +535,7 @@ def _gates(w: CntkWriter, proj: str, hidden: int, k: int) -> str:
 
 
 def _times(w: CntkWriter, W: str, x: str) -> str:
-    """python ``times(x, W)`` (stored with the operands swapped)."""
+    """python ``times(x, W)`` (stored with the operands swapped); W (in dims..., out)."""
     return w.op("Times", [W, x], {"outputRank": 1, "inferInputRankToMap": Int(-1)})
 
 
@@ -661,6 +661,22 @@ def _delays(w: CntkWriter, rng: np.random.Generator):
     return [h, z], wts
 
 
+def _bilstm_stack(w: CntkWriter, rng: np.random.Generator):
+    """splice(Recurrence(LSTM), Recurrence(LSTM, go_backwards=True)) -> Recurrence(RNNStep):
+    three loops, the last one reading the first two's outputs; 2-D steps (2, 3) flattened by
+    the first Times."""
+    Hd = 4
+    wts = {"Wf": _rand(rng, 2, 3, 4 * Hd), "Hf": _rand(rng, Hd, 4 * Hd), "bf": _rand(rng, 4 * Hd),
+           "Wb": _rand(rng, 2, 3, 4 * Hd), "Hb": _rand(rng, Hd, 4 * Hd), "bb": _rand(rng, 4 * Hd),
+           "W2": _rand(rng, 2 * Hd, 3), "H2": _rand(rng, 3, 3), "b2": _rand(rng, 3)}
+    x = w.input((2, 3), "features", sequence=True)
+    fw, _ = lstm_recurrence(w, x, wts["Wf"], wts["Hf"], wts["bf"])
+    bw, _ = lstm_recurrence(w, x, wts["Wb"], wts["Hb"], wts["bb"], delay="FutureValue")
+    h1 = w.op("Splice", [fw, bw], {"axis": axis(0)})
+    h2 = rnn_recurrence(w, h1, wts["W2"], wts["H2"], wts["b2"], _zero(w))
+    return [h1, h2], wts
+
+
 def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: int = 4):
     gates = {"lstm": 4, "gru": 3, "rnnTanh": 1, "rnnReLU": 1}[recurrent_op]
     dirs = 2 if bidirectional else 1
@@ -686,6 +702,7 @@ RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list
     "gru_first": _gru,
     "rnn_backward": _rnn_backward,
     "delays": _delays,
+    "bilstm_stack": _bilstm_stack,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),
@@ -706,4 +723,4 @@ def build_recurrent(name: str, *, directory: Path | None = None) -> RecurrentZoo
 
 
 def _recurrent_input_shape(name: str) -> tuple[int, ...]:
-    return (4,) if name == "lstm_last" else (3,)
+    return {"lstm_last": (4,), "bilstm_stack": (2, 3)}.get(name, (3,))

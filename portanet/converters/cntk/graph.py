@@ -7,6 +7,11 @@ Dense/Convolution/...) store their inner primitives flat in the same list; a Blo
 inner Placeholder to an outer variable, and its output is its inner root's output. This
 module resolves those indirections so that every primitive function's inputs name a real
 variable or another primitive's output.
+
+Recurrence makes the graph cyclic: ``PastValue(h)`` feeds the cell that computes ``h``. The
+functions are ordered by strongly connected components (dependencies first); a component
+with a cycle is a ``RecurrentLoop`` whose members are ordered within one time step (the
+delays' operand edges cut) and lowered together by ``loops.py``.
 """
 
 from __future__ import annotations
@@ -221,7 +226,14 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
                 alias[str(k)] = str(v)
             # output i of the Block is output i of its root (a Combine for multi-output Blocks)
             block_roots[uid] = str(root)
-            block_of[str(root)] = str(d.get("name") or uid)
+            label = str(d.get("name") or uid)
+            block_of[str(root)] = label
+            root_d = raw.get(str(root))
+            if root_d is not None and root_d.get("op") == OP_NUMBERS["Combine"]:
+                # a multi-output Block (an LSTM cell's h and c): its outputs are "<name>_<i>"
+                for i, x in enumerate(_names(root_d, "inputs", where, root)):
+                    owner = x.rpartition("_Output_")[0]
+                    block_of.setdefault(owner, f"{label}_{i}")
         elif op == OP_NUMBERS["Combine"]:
             for i, x in enumerate(ins):
                 alias[f"{uid}_Output_{i}"] = x

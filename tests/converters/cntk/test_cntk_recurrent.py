@@ -163,6 +163,12 @@ def reference(m: RecurrentZooModel, x: np.ndarray) -> list[np.ndarray]:
         h = ref_rnn(x, w["W"], w["H"], w["b"], 0.25, offset=2)
         z = x - ref_delay(x, 0.5, 1, False) + ref_delay(x, 0.0, 2, True)
         return [h, z]
+    if m.name == "bilstm_stack":
+        flat = x.reshape(*x.shape[:2], 6)
+        fw = ref_lstm(flat, w["Wf"].reshape(6, -1), w["Hf"], w["bf"])
+        bw = ref_lstm(flat[:, ::-1], w["Wb"].reshape(6, -1), w["Hb"], w["bb"])[:, ::-1]  # go_backwards
+        h1 = np.concatenate([fw, bw], axis=2)
+        return [h1, ref_rnn(h1, w["W2"], w["H2"], w["b2"], 0.0)]
     spec = {"ornn_lstm_bi2": ("lstm", 4, 2, True), "ornn_gru": ("gru", 4, 1, False),
             "ornn_gru_bi": ("gru", 3, 1, True), "ornn_rnn_tanh2": ("rnnTanh", 4, 2, False),
             "ornn_rnn_relu_bi": ("rnnReLU", 4, 1, True)}[m.name]
@@ -210,3 +216,37 @@ def test_loops_become_scans_and_the_stack_onnx_rnns(cntk_zoo_dir):
     assert ops("ornn_lstm_bi2").count("LSTM") == 2  # one bidirectional node per layer
     assert ops("ornn_gru").count("GRU") == 1
     assert "Scan" not in ops("ornn_rnn_tanh2")
+
+
+def test_portanet_train_updates_weights_inside_the_loop(cntk_zoo_dir, tmp_path):
+    """`portanet train` runs on a converted CNTK recurrent model (the torch backend trains
+    through the Scan): the recurrent weight H, read only inside the loop body, changes."""
+    import onnx
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    m = build_recurrent("lstm_last", directory=cntk_zoo_dir)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "seq.npz"
+    # sequences (N, T, F); the classifier's output is sequence.last's length-1 sequence (N, 1, 3)
+    np.savez(data, x=rng.standard_normal((48, 6, 4)).astype(np.float32),
+             y=rng.standard_normal((48, 1, 3)).astype(np.float32))
+    onnx_path, trained = tmp_path / "lstm.onnx", tmp_path / "trained.onnx"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["convert", str(m.path), "-o", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", str(onnx_path), "--data", str(data), "--train-output", "dense", "--loss", "mse",
+                              "--epochs", "1", "--batch-size", "16", "--optimizer", "adam", "--lr", "0.01",
+                              "-o", str(trained)])
+    assert res.exit_code == 0, res.output
+
+    def weights(p) -> dict[str, np.ndarray]:
+        return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+
+    before, after = weights(onnx_path), weights(trained)
+    h_name = next(k for k, v in before.items() if v.shape == m.weights["H"].shape and np.array_equal(v, m.weights["H"]))
+    assert not np.allclose(before[h_name], after[h_name])
+    scan = next(n for n in onnx.load(str(trained)).graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert h_name in {i for n in body.node for i in n.input}  # H is read inside the Scan body
