@@ -519,6 +519,8 @@ class RecurrentZooModel:
     path: Path
     #: the sequence input's NumPy sample shape (per step)
     input_shape: tuple[int, ...]
+    #: every sequence input's name and sample shape, in the converted model's input order
+    inputs: dict[str, tuple[int, ...]]
     #: the arrays the model was written with, by role ("W", "H", "b", ...)
     weights: dict[str, np.ndarray]
     #: the graph outputs in order
@@ -726,6 +728,23 @@ def _bilstm_stack(w: CntkWriter, rng: np.random.Generator):
     return [h1, h2], wts
 
 
+def _seq_initial_state(w: CntkWriter, rng: np.random.Generator):
+    """Initial states that are sequences (``RecurrenceFrom`` in a sequence-to-sequence model):
+    an encoder RNN over ``source``; over ``target`` (its own sequence axis, its own length) a
+    decoder RNN starting from the encoder's last step, a backward RNN with offset 2 starting
+    from the encoder's first two steps, and a plain PastValue(decoder, encoder, offset 3)."""
+    F, G, Hd = 3, 2, 4
+    wts = {k: _rand(rng, *s) for k, s in {"We": (F, Hd), "He": (Hd, Hd), "be": (Hd,), "Wd": (G, Hd), "Hd": (Hd, Hd),
+                                           "bd": (Hd,), "Wb": (G, Hd), "Hb": (Hd, Hd), "bb": (Hd,)}.items()}
+    x = w.input((F,), "source", sequence=True)
+    y = w.input((G,), "target", sequence="targetAxis")
+    enc = rnn_recurrence(w, x, wts["We"], wts["He"], wts["be"], _zero(w))
+    dec = rnn_recurrence(w, y, wts["Wd"], wts["Hd"], wts["bd"], enc)
+    back = rnn_recurrence(w, y, wts["Wb"], wts["Hb"], wts["bb"], enc, delay="FutureValue", offset=2)
+    delayed = w.op("PastValue", [dec, enc], {"offset": 3})
+    return [enc, dec, back, delayed], wts
+
+
 def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: int = 4):
     gates = {"lstm": 4, "gru": 3, "rnnTanh": 1, "rnnReLU": 1}[recurrent_op]
     dirs = 2 if bidirectional else 1
@@ -753,6 +772,7 @@ RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list
     "delays": _delays,
     "bilstm_stack": _bilstm_stack,
     "slices": _slices,
+    "seq_initial_state": _seq_initial_state,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),
@@ -769,8 +789,6 @@ def build_recurrent(name: str, *, directory: Path | None = None) -> RecurrentZoo
     outs, weights = RECURRENT_NETS[name](w, rng)
     path = out_dir / f"{name}.model"
     w.save(path, outs if len(outs) > 1 else outs[0], name=name)
-    return RecurrentZooModel(name, path, _recurrent_input_shape(name), weights, outs)
-
-
-def _recurrent_input_shape(name: str) -> tuple[int, ...]:
-    return {"lstm_last": (4,), "bilstm_stack": (2, 3)}.get(name, (3,))
+    # in file order (the order of the converted model's inputs): the writer stores them last-first
+    inputs = {str(v["name"]): tuple(reversed(v["shape"].dims)) for v in reversed(w.variables) if v["kind"] == 0}
+    return RecurrentZooModel(name, path, next(iter(inputs.values())), inputs, weights, outs)

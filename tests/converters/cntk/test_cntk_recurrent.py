@@ -74,13 +74,33 @@ def ref_gru(x, W, H, H1, b) -> np.ndarray:
     return np.stack(hs, 1)
 
 
+def boundary(init, t: int, t_len: int, offset: int, future: bool) -> np.ndarray:
+    """What a delay reads at step t when t -/+ offset leaves the sequence. A sequence initial
+    state (N, Tin, ...) continues the sequence (CNTK's DelayedValueNode): PastValue at t
+    reads init[Tin - offset + t], FutureValue at t reads init[t + offset - T]; a 1-step
+    initial sequence is broadcast. Anything else broadcasts as is."""
+    if not isinstance(init, SeqInit):
+        return init
+    if init.value.shape[1] == 1:
+        return init.value[:, 0]
+    return init.value[:, t + offset - t_len] if future else init.value[:, init.value.shape[1] - offset + t]
+
+
+class SeqInit:
+    """Marks an initial state that is a sequence (N, Tin, ...)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+
+
 def ref_rnn(x, W, H, b, h0, backward=False, offset=1) -> np.ndarray:
     n, t_len, _ = x.shape
     out = np.zeros((n, t_len, H.shape[0]))
     steps = range(t_len - 1, -1, -1) if backward else range(t_len)
     for t in steps:
         src = t + offset if backward else t - offset
-        prev = out[:, src] if 0 <= src < t_len else np.broadcast_to(h0, (n, H.shape[0]))
+        prev = out[:, src] if 0 <= src < t_len else np.broadcast_to(boundary(h0, t, t_len, offset, backward),
+                                                                  (n, H.shape[0]))
         out[:, t] = np.tanh(x[:, t] @ W + prev @ H + b)
     return out
 
@@ -90,7 +110,7 @@ def ref_delay(x, init, offset, future) -> np.ndarray:
     t_len = x.shape[1]
     for t in range(t_len):
         src = t + offset if future else t - offset
-        y[:, t] = x[:, src] if 0 <= src < t_len else init
+        y[:, t] = x[:, src] if 0 <= src < t_len else boundary(init, t, t_len, offset, future)
     return y
 
 
@@ -149,10 +169,16 @@ def ref_optimized_rnn_stack(x, flat, op: str, hidden: int, layers: int, bidirect
     return y
 
 
-def reference(m: RecurrentZooModel, x: np.ndarray) -> list[np.ndarray]:
-    """The expected graph outputs of zoo model ``m`` for input ``x`` (N, T, F)."""
+def reference(m: RecurrentZooModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The expected graph outputs of zoo model ``m`` for its inputs (N, T, ...)."""
     w = {k: v.astype(np.float64) for k, v in m.weights.items()}
-    x = x.astype(np.float64)
+    if m.name == "seq_initial_state":
+        x, y = feeds["source"].astype(np.float64), feeds["target"].astype(np.float64)
+        enc = ref_rnn(x, w["We"], w["He"], w["be"], 0.0)
+        dec = ref_rnn(y, w["Wd"], w["Hd"], w["bd"], SeqInit(enc))
+        back = ref_rnn(y, w["Wb"], w["Hb"], w["bb"], SeqInit(enc), backward=True, offset=2)
+        return [enc, dec, back, ref_delay(dec, SeqInit(enc), 3, False)]
+    (x,) = (v.astype(np.float64) for v in feeds.values())
     if m.name == "lstm_last":
         h = ref_lstm(x, w["W"], w["H"], w["b"])
         return [h, h[:, -1:] @ w["Wd"] + w["bd"]]
@@ -190,16 +216,20 @@ def converted(request, cntk_zoo_dir):
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_recurrent_matches_numpy_reference(converted, backend: str):
     m, model = converted
-    inp = model.graph.inputs[0]
-    # a real symbolic time axis: (N, T, features), not folded into the batch
-    assert [str(d) for d in inp.shape[:2]] == ["N", "T"]
+    # a real symbolic time axis: (N, T, features), not folded into the batch; a sequence on an
+    # axis of its own has a time dimension of its own
+    assert {v.name: [str(d) for d in v.shape[:2]] for v in model.graph.inputs} == {
+        name: ["N", "T_targetAxis" if name == "target" else "T"] for name in m.inputs}
     s = Session(model, backend=backend)
     worst = 0.0
     for t_len in LENGTHS:
         for n in BATCHES:
-            x = np.random.default_rng(t_len * 10 + n).standard_normal((n, t_len, *m.input_shape)).astype(np.float32)
-            got = list(s.run({inp.name: x}).values())
-            refs = reference(m, x)
+            rng = np.random.default_rng(t_len * 10 + n)
+            # a second input has a sequence axis of its own: another length
+            feeds = {name: rng.standard_normal((n, t_len + 3 * i, *shape)).astype(np.float32)
+                     for i, (name, shape) in enumerate(m.inputs.items())}
+            got = list(s.run(feeds).values())
+            refs = reference(m, feeds)
             assert len(got) == len(refs)
             for g, r in zip(got, refs):
                 assert g.shape == r.shape, (t_len, n, g.shape, r.shape)

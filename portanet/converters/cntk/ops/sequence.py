@@ -7,6 +7,7 @@ the same length T.
 - ``PastValue(x, init, offset=k)``: y[:, t] = x[:, t-k] for t >= k, else ``init``.
   ``FutureValue``: y[:, t] = x[:, t+k] for t+k < T, else ``init``. Outside a loop (a plain
   delay of a sequence) this is a Concat with k initial-state steps and a Slice of T steps.
+  ``init`` may be a scalar, a tensor, per-sample, or a sequence (see ``loops.initial_steps``).
   Delays inside a loop are lowered with the loop (``loops.py``).
 - ``ReconcileDynamicAxis(x, like)``: ``x`` broadcast to the dynamic axes of ``like``.
 - CNTK's ``Sequence::Slice`` (``sequence.first``, ``sequence.last``, ``sequence.slice``) is a
@@ -25,7 +26,7 @@ import numpy as np
 
 from portanet.converters.cntk.context import HANDLERS, Ctx, T
 from portanet.converters.cntk.graph import CONSTANT, DELAYS, PARAMETER, CntkGraph, Function
-from portanet.converters.cntk.loops import broadcast_state, delay_offset
+from portanet.converters.cntk.loops import delay_offset, initial_steps
 from portanet.errors import ConversionError
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -42,7 +43,7 @@ def delay(ctx: Ctx, f: Function, ins: list[T]) -> T:
     init = ins[1] if len(ins) > 1 else T(ctx.const(np.float32(0)), (), False)
     k = delay_offset(f)
     batch = ctx.op(f, "Shape", [x.value], {"start": 0, "end": 1})
-    pad = broadcast_state(ctx, f, init, x.shape, batch, steps=-k)  # (N, k, sample...)
+    pad = initial_steps(ctx, f, init, x.shape, batch, k)  # (N, k, sample...)
     if f.op_name == "PastValue":
         # [init x k, x_0 .. x_{T-1}][:T]
         joined = ctx.op(f, "Concat", [pad, x.value], {"axis": 1})
