@@ -207,10 +207,27 @@ class CntkWriter:
             self._block_stack[-1].append(uid)
         return f"{uid}_Output_0"
 
+    def placeholder(self) -> str:
+        """A forward declaration (CNTK's ``placeholder``/``ForwardDeclaration``): use it as an
+        operand now, ``bind`` it to a function output later. This is how recurrent loops
+        are closed: ``PastValue(placeholder)`` feeds the cell whose output the placeholder
+        is then bound to (``Function.replace_placeholders``)."""
+        return self._var("Placeholder", 4, (), "", dynamic=[SEQUENCE_AXIS, BATCH_AXIS])
+
+    def bind(self, placeholder: str, output: str) -> None:
+        """Replace ``placeholder`` by ``output`` wherever it is an operand, and drop it."""
+        for d in self.functions:
+            d["inputs"] = [output if x == placeholder else x for x in d["inputs"]]
+            if "block_function_composite_arguments_map_values" in d:
+                vals = d["block_function_composite_arguments_map_values"]
+                d["block_function_composite_arguments_map_values"] = [output if x == placeholder else x for x in vals]
+        self.variables = [v for v in self.variables if v["uid"] != placeholder]
+
     @contextlib.contextmanager
-    def block(self, op_name: str, args: Sequence[str], name: str = "") -> Iterator[_BlockHandle]:
+    def block(self, op_name: str, args: Sequence[str], name: str = "", outputs: int = 1) -> Iterator[_BlockHandle]:
         """A ``cntk.layers``-style Block: inner ops see Placeholders bound to ``args``; the
-        Block's output is the last inner op's output (read ``handle.output`` after the block)."""
+        Block's output is the last inner op's output (read ``handle.output`` after the block).
+        A Block with several ``outputs`` ends with a Combine of them (``handle.outputs``)."""
         placeholders = [self._var("Placeholder", 4, (), "", dynamic=[BATCH_AXIS]) for _ in args]
         handle = _BlockHandle(placeholders)
         self._block_stack.append([])
@@ -237,6 +254,7 @@ class CntkWriter:
         if self._block_stack:
             self._block_stack[-1].append(uid)
         handle.output = f"{uid}_Output_0"
+        handle.outputs = [f"{uid}_Output_{i}" for i in range(outputs)]
 
     def model(self, root_output: str | Sequence[str], name: str = "") -> dict[str, Any]:
         """The top-level CompositeFunction dictionary (several outputs -> a Combine root)."""
@@ -262,3 +280,4 @@ class _BlockHandle:
     def __init__(self, placeholders: list[str]) -> None:
         self.args = placeholders
         self.output = ""
+        self.outputs: list[str] = []
