@@ -92,6 +92,48 @@ def weight_names(class_name: str, config: dict[str, Any]) -> list[str]:
     return _SPECS[class_name](config)
 
 
+def _ints(v: Any, n: int) -> list[int]:
+    return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
+
+
+def _expected_dims(class_name: str, cfg: dict[str, Any]) -> dict[str, dict[int, int]]:
+    """weight name -> {axis: size} that the config fixes (what Keras would build from it)."""
+    digits = re.search(r"(\d)D", class_name)
+    n = int(digits.group(1)) if digits else 0
+    if class_name == "Dense":
+        return {"kernel": {-1: int(cfg["units"])}, "bias": {0: int(cfg["units"])}}
+    if class_name == "Embedding":
+        return {"embeddings": {0: int(cfg["input_dim"]), 1: int(cfg["output_dim"])}}
+    if not n or "kernel_size" not in cfg:
+        return {}
+    ks = dict(enumerate(_ints(cfg["kernel_size"], n)))
+    if class_name.startswith("Depthwise"):
+        return {"kernel": {**ks, -1: int(cfg["depth_multiplier"])}}
+    if class_name.startswith("Separable"):
+        return {"depthwise_kernel": {**ks, -1: int(cfg["depth_multiplier"])},
+                "pointwise_kernel": {**dict.fromkeys(range(n), 1), -1: int(cfg["filters"])},
+                "bias": {0: int(cfg["filters"])}}
+    out_axis = -2 if class_name.endswith("Transpose") else -1
+    return {"kernel": {**ks, out_axis: int(cfg["filters"])}, "bias": {0: int(cfg["filters"])}}
+
+
+def check_weight_shapes(layer: LayerSpec, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The stored variables have the sizes the layer's config gives them (a file whose config
+    and weights disagree is left to Keras, which reports it)."""
+    try:
+        expected = _expected_dims(layer.class_name, layer.config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}): unexpected config ({exc})") from exc
+    for wname, dims in expected.items():
+        shape = shapes.get(wname)
+        if shape is None:
+            continue
+        for axis, size in dims.items():
+            if not -len(shape) <= axis < len(shape) or shape[axis] != size:
+                raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}): weight {wname} of shape "
+                                 f"{tuple(shape)} does not match the config")
+
+
 def _config_refusal(class_name: str, cfg: dict[str, Any]) -> str | None:
     """Why a known class in this configuration still needs Keras (None: it does not)."""
     if cfg.get("lora_rank") or cfg.get("quantization_config"):
@@ -407,6 +449,7 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
                              f"expected {len(want)} ({', '.join(want) or 'none'})")
         for i, wname in enumerate(want):
             layer.weights[wname] = _dataset_reader(stored[str(i)])
+        check_weight_shapes(layer, {w: stored[str(i)].shape for i, w in enumerate(want)})
 
 
 def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...] = ()) -> None:
@@ -436,6 +479,7 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
                              f"expected {want}")
         for wname in want:
             layer.weights[wname] = _dataset_reader(mine[wname])
+        check_weight_shapes(layer, {w: mine[w].shape for w in want})
 
 
 @contextlib.contextmanager

@@ -285,3 +285,23 @@ def test_cli_convert_imports_no_framework(tmp_path) -> None:
     assert "IMPORTED []" in res.stdout, res.stdout
     for i, (model, _) in enumerate(files):
         assert_parity(portanet.load(tmp_path / f"out{i}.onnx"), model, random_inputs(model), nchw=False)
+
+
+def test_config_and_weights_that_disagree_are_left_to_keras(tmp_path) -> None:
+    """A config whose Dense declares other units than its stored kernel: the config reader
+    does not guess (Keras, which builds from the config, reports the file)."""
+    import json
+    import zipfile
+
+    _, path = _model_file("sequential_mlp", ".keras")
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                doc = json.loads(data)
+                doc["config"]["layers"][1]["config"]["units"] = 17
+                data = json.dumps(doc).encode()
+            dst.writestr(info, data)
+    with pytest.raises(ConversionError, match="kernel of shape \\(12, 16\\) does not match the config"):
+        portanet.convert(str(bad), keras_reader="config")
