@@ -600,17 +600,53 @@ def rnn_recurrence(w: CntkWriter, x: str, W: np.ndarray, H: np.ndarray, b: np.nd
     return blk.output
 
 
-def sequence_slice(w: CntkWriter, x: str, last: bool) -> str:
-    """CNTK's ``sequence.last`` (Slice(-1, 0)) / ``sequence.first`` (Slice(0, 1)) Block:
-    GatherPacked(x, PackedIndex(x, Where(IsWithin(x, -1 or 1))))."""
-    with w.block("Sequence::Slice", [x], name="last" if last else "first") as blk:
+def sequence_slice(w: CntkWriter, x: str, begin: int, end: int, name: str = "") -> str:
+    """CNTK's ``Sequence::Slice`` Block (``sequence.slice(x, begin, end)``; ``sequence.first`` is
+    (0, 1), ``sequence.last`` (-1, 0)), built as CNTK builds it:
+    GatherPacked(x, PackedIndex(x, Where(flags))) with flags from IsWithin(x, k) =
+    PastValue (k > 0) / FutureValue (k < 0) of zeros shaped like x, initial state 1."""
+    with w.block("Sequence::Slice", [x], name=name) as blk:
         a = blk.args[0]
-        zeros = w.op("ReconcileDynamicAxis", [w.constant(np.float32(0)), a])
-        flags = w.op("FutureValue" if last else "PastValue", [zeros, w.constant(np.float32(1))], {"offset": 1})
-        where = w.op("Where", [flags], {"newSequenceAxisLengthScalingFactor": 0,
-                                        "newSequenceAxisLengthAdditiveFactor": Int(1)})
+
+        def is_within(k: int) -> str:
+            zeros = w.op("ReconcileDynamicAxis", [w.constant(np.float32(0)), a])
+            return w.op("PastValue" if k > 0 else "FutureValue", [zeros, w.constant(np.float32(1))], {"offset": abs(k)})
+
+        def one_minus(v: str) -> str:
+            return w.op("Minus", [w.constant(np.float32(1)), v])
+
+        def begin_flags() -> str:
+            return one_minus(is_within(begin)) if begin > 0 else is_within(begin)
+
+        def end_flags() -> str:
+            return is_within(end) if end > 0 else one_minus(is_within(end))
+
+        if begin == 0:
+            flags = end_flags()
+        elif end == 0:
+            flags = begin_flags()
+        else:
+            flags = w.op("ElementTimes", [begin_flags(), end_flags()])
+        length = end - begin
+        where = w.op("Where", [flags], {"newSequenceAxisLengthScalingFactor": 0 if length > 0 else 1,
+                                        "newSequenceAxisLengthAdditiveFactor": Int(length)})
         w.op("GatherPacked", [a, w.op("PackedIndex", [a, where])])
     return blk.output
+
+
+def sequence_last(w: CntkWriter, x: str) -> str:
+    return sequence_slice(w, x, -1, 0, name="last")
+
+
+def sequence_first(w: CntkWriter, x: str) -> str:
+    return sequence_slice(w, x, 0, 1, name="first")
+
+
+def _slices(w: CntkWriter, rng: np.random.Generator):
+    """sequence.slice(x, 1, -1) (a sequence 2 steps shorter, empty for T <= 2) and
+    sequence.slice(x, -3, 0) (the last 3 steps, all of them for T < 3)."""
+    x = w.input((3,), "features", sequence=True)
+    return [sequence_slice(w, x, 1, -1, name="inner"), sequence_slice(w, x, -3, 0, name="last3")], {}
 
 
 def _dense(w: CntkWriter, x: str, W: np.ndarray, b: np.ndarray) -> str:
@@ -627,7 +663,7 @@ def _lstm_last(w: CntkWriter, rng: np.random.Generator) -> tuple[list[str], dict
            "Wd": _rand(rng, Hd, 3), "bd": _rand(rng, 3)}
     x = w.input((F,), "features", sequence=True)
     h, _ = lstm_recurrence(w, x, wts["W"], wts["H"], wts["b"])
-    logits = _dense(w, sequence_slice(w, h, last=True), wts["Wd"], wts["bd"])
+    logits = _dense(w, sequence_last(w, h), wts["Wd"], wts["bd"])
     return [h, logits], wts
 
 
@@ -636,7 +672,7 @@ def _gru(w: CntkWriter, rng: np.random.Generator):
     wts = {"W": _rand(rng, F, 3 * Hd), "H": _rand(rng, Hd, 2 * Hd), "H1": _rand(rng, Hd, Hd), "b": _rand(rng, 3 * Hd)}
     x = w.input((F,), "features", sequence=True)
     h = gru_recurrence(w, x, wts["W"], wts["H"], wts["H1"], wts["b"])
-    return [h, sequence_slice(w, h, last=False)], wts
+    return [h, sequence_first(w, h)], wts
 
 
 def _rnn_backward(w: CntkWriter, rng: np.random.Generator):
@@ -692,7 +728,7 @@ def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: i
         param = w.parameter(flat.reshape(-1, 1), "W")
         y = w.op("OptimizedRNNStack", [x, param], {"hiddenSize": Hd, "numLayers": layers,
                                                     "bidirectional": bidirectional, "recurrentOp": recurrent_op})
-        return [y, sequence_slice(w, y, last=True)], {"flat": flat}
+        return [y, sequence_last(w, y)], {"flat": flat}
 
     return build
 
@@ -703,6 +739,7 @@ RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list
     "rnn_backward": _rnn_backward,
     "delays": _delays,
     "bilstm_stack": _bilstm_stack,
+    "slices": _slices,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),
