@@ -642,11 +642,24 @@ def sequence_first(w: CntkWriter, x: str) -> str:
     return sequence_slice(w, x, 0, 1, name="first")
 
 
+def sequence_reduce_sum(w: CntkWriter, x: str) -> str:
+    """CNTK's ``Sequence::ReduceElements`` Block (``sequence.reduce_sum``): a running sum
+    Plus(PastValue(sum), x) - a loop whose state shape only the operand tells - then the
+    last step."""
+    with w.block("Sequence::ReduceElements", [x], name="reduce_sum") as blk:
+        p = w.placeholder()
+        total = w.op("Plus", [w.op("PastValue", [p, w.constant(np.float32(0))], {"offset": 1}), blk.args[0]])
+        w.bind(p, total)
+        sequence_slice(w, total, -1, 0)
+    return blk.output
+
+
 def _slices(w: CntkWriter, rng: np.random.Generator):
-    """sequence.slice(x, 1, -1) (a sequence 2 steps shorter, empty for T <= 2) and
-    sequence.slice(x, -3, 0) (the last 3 steps, all of them for T < 3)."""
+    """sequence.slice(x, 1, -1) (a sequence 2 steps shorter, empty for T <= 2),
+    sequence.slice(x, -3, 0) (the last 3 steps, all of them for T < 3), sequence.reduce_sum."""
     x = w.input((3,), "features", sequence=True)
-    return [sequence_slice(w, x, 1, -1, name="inner"), sequence_slice(w, x, -3, 0, name="last3")], {}
+    return [sequence_slice(w, x, 1, -1, name="inner"), sequence_slice(w, x, -3, 0, name="last3"),
+            sequence_reduce_sum(w, x)], {}
 
 
 def _dense(w: CntkWriter, x: str, W: np.ndarray, b: np.ndarray) -> str:

@@ -68,6 +68,11 @@ def support_name(graph: CntkGraph, f: Function) -> str:
         rop = str(attr(f, "recurrentOp", "lstm"))
         if rop not in RECURRENT_OPS:
             return f"OptimizedRNNStack(recurrentOp={rop})"
+    if op == "Where" and f.inputs:
+        from portanet.converters.cntk.ops.sequence import data_independent
+
+        if not data_independent(graph, f.inputs[0]):
+            return "Where(flags computed from the data)"
     loop = graph.loop_of(f.uid)
     if loop is not None:
         kinds = {graph_fn(graph, d).op_name for d in loop.delays}

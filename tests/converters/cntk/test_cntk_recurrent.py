@@ -12,7 +12,8 @@ here from CNTK's documented semantics, independently of the converter:
   c~ = tanh(x W_c + b_c + (r h_{t-1}) H1), h_t = (1 - z) c~ + z h_{t-1}.
 - ``cntk.layers.RNNStep``: h_t = tanh(x W + h_{t-1} H + b) (``go_backwards``: h_{t+1}).
 - ``sequence.slice(x, b, e)``: steps b..e-1 (negative from the end, e = 0 the end), a new
-  sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1).
+  sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1);
+  ``sequence.reduce_sum``: the sum over the steps (a sequence of length 1).
 - ``optimized_rnnstack``: NVIDIA cuDNN's RNN equations (cudnnRNNMode_t: LSTM i, f, c~, o;
   GRU r, z, h~ with the reset gate applied to (R h + b_R); tanh/ReLU RNN), the parameter
   vector packed as CNTK's ``cntk.misc.converter`` reads it (per layer and direction W then R,
@@ -165,7 +166,7 @@ def reference(m: RecurrentZooModel, x: np.ndarray) -> list[np.ndarray]:
         z = x - ref_delay(x, 0.5, 1, False) + ref_delay(x, 0.0, 2, True)
         return [h, z]
     if m.name == "slices":
-        return [x[:, 1:-1], x[:, -3:]]
+        return [x[:, 1:-1], x[:, -3:], x.sum(1, keepdims=True)]
     if m.name == "bilstm_stack":
         flat = x.reshape(*x.shape[:2], 6)
         fw = ref_lstm(flat, w["Wf"].reshape(6, -1), w["Hf"], w["bf"])

@@ -75,7 +75,7 @@ _POSITIONAL = {*DELAYS, "Plus", "Minus", "ElementTimes", "Negate", "Abs", "Recip
                "Floor", "Reshape", "Squeeze"}
 
 
-def _data_independent(graph: CntkGraph, name: str) -> bool:
+def data_independent(graph: CntkGraph, name: str) -> bool:
     """True when ``name``'s values depend on nothing but constants and time positions
     (``ReconcileDynamicAxis`` takes only the *layout* of its second operand)."""
     funcs = {g.output: g for g in graph.functions}
@@ -111,7 +111,7 @@ def where(ctx: Ctx, f: Function, ins: list[T]) -> T:
         raise ConversionError(f"expected a sequence of flags, received shape {list(flags.full_shape)}")
     if any(d != 1 for d in flags.shape):
         raise ConversionError(f"expected one flag per step, received a sample shape {list(flags.shape)}")
-    if ctx.graph is None or not _data_independent(ctx.graph, f.inputs[0]):
+    if ctx.graph is None or not data_independent(ctx.graph, f.inputs[0]):
         raise ConversionError("Where over flags computed from the data gives each sample its own sequence length; "
                               "only position-based selections (sequence.first/last/slice) are supported")
     first = ctx.op(f, "Gather", [flags.value, ctx.i64(0)], {"axis": 0})  # the first sample's flags (T, 1...)
