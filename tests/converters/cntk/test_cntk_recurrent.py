@@ -11,6 +11,8 @@ here from CNTK's documented semantics, independently of the converter:
 - ``cntk.layers.GRU``: z, r = sigmoid(x W_{z,r} + b_{z,r} + h_{t-1} H_{z,r}),
   c~ = tanh(x W_c + b_c + (r h_{t-1}) H1), h_t = (1 - z) c~ + z h_{t-1}.
 - ``cntk.layers.RNNStep``: h_t = tanh(x W + h_{t-1} H + b) (``go_backwards``: h_{t+1}).
+- ``sequence.broadcast_as(s, x)``: s at every step of x; ``Fold(f)``: the last step of
+  ``Recurrence(f)``; ``element_max``, comparisons (1.0 / 0.0).
 - ``sequence.slice(x, b, e)``: steps b..e-1 (negative from the end, e = 0 the end), a new
   sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1);
   ``sequence.reduce_sum``: the sum over the steps (a sequence of length 1).
@@ -178,6 +180,10 @@ def reference(m: RecurrentZooModel, feeds: dict[str, np.ndarray]) -> list[np.nda
         dec = ref_rnn(y, w["Wd"], w["Hd"], w["bd"], SeqInit(enc))
         back = ref_rnn(y, w["Wb"], w["Hb"], w["bb"], SeqInit(enc), backward=True, offset=2)
         return [enc, dec, back, ref_delay(dec, SeqInit(enc), 3, False)]
+    if m.name == "broadcast_fold":
+        x, ctx_vec = feeds["features"].astype(np.float64), feeds["context"].astype(np.float64)
+        running = np.maximum.accumulate(np.maximum(x, 0.0), axis=1)  # Fold(element_max), initial state 0
+        return [x + ctx_vec[:, None], running[:, -1:], (x >= 0).astype(np.float64)]
     (x,) = (v.astype(np.float64) for v in feeds.values())
     if m.name == "lstm_last":
         h = ref_lstm(x, w["W"], w["H"], w["b"])
@@ -219,15 +225,17 @@ def test_recurrent_matches_numpy_reference(converted, backend: str):
     # a real symbolic time axis: (N, T, features), not folded into the batch; a sequence on an
     # axis of its own has a time dimension of its own
     assert {v.name: [str(d) for d in v.shape[:2]] for v in model.graph.inputs} == {
-        name: ["N", "T_targetAxis" if name == "target" else "T"] for name in m.inputs}
+        name: ["N", "3" if name in m.static else "T_targetAxis" if name == "target" else "T"] for name in m.inputs}
     s = Session(model, backend=backend)
     worst = 0.0
     for t_len in LENGTHS:
         for n in BATCHES:
             rng = np.random.default_rng(t_len * 10 + n)
             # a second input has a sequence axis of its own: another length
-            feeds = {name: rng.standard_normal((n, t_len + 3 * i, *shape)).astype(np.float32)
-                     for i, (name, shape) in enumerate(m.inputs.items())}
+            # a second sequence input has a sequence axis of its own: another length; an input
+            # without a sequence axis is (N, ...)
+            feeds = {name: rng.standard_normal((n, *(() if name in m.static else (t_len + 3 * i,)), *shape))
+                     .astype(np.float32) for i, (name, shape) in enumerate(m.inputs.items())}
             got = list(s.run(feeds).values())
             refs = reference(m, feeds)
             assert len(got) == len(refs)
@@ -252,6 +260,8 @@ def test_loops_become_scans_and_the_stack_onnx_rnns(cntk_zoo_dir):
     assert ops("ornn_lstm_bi2").count("LSTM") == 2  # one bidirectional node per layer
     assert ops("ornn_gru").count("GRU") == 1
     assert "Scan" not in ops("ornn_rnn_tanh2")
+    assert ops("broadcast_fold").count("Scan") == 2  # broadcast_as's carry loop and the running max
+    assert ops("bilstm_stack").count("Scan") == 3
 
 
 def test_portanet_train_updates_weights_inside_the_loop(cntk_zoo_dir, tmp_path):
