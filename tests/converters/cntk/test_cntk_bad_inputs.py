@@ -88,7 +88,8 @@ def test_op_number_outside_the_table(tmp_path: Path):
 
 def _refused_recurrent_model(path: Path) -> Path:
     """Recurrent variants portanet refuses, next to an op it lacks: a loop mixing PastValue
-    and FutureValue, a delay with offset 0, an OptimizedRNNStack with an unknown recurrentOp."""
+    and FutureValue, a delay with offset 0, an OptimizedRNNStack with an unknown recurrentOp,
+    a sequence gather whose flags are computed from the data."""
     w = CntkWriter()
     x = w.input((4,), sequence=True)
     p = w.placeholder()
@@ -100,7 +101,9 @@ def _refused_recurrent_model(path: Path) -> Path:
     c = w.op("OptimizedRNNStack", [d0, w.parameter(np.zeros(8, np.float32))],
              {"hiddenSize": 2, "numLayers": 1, "bidirectional": False, "recurrentOp": "lstmp"})
     y = w.op("Hardmax", [w.op("ReLU", [c])])
-    return w.save(path, y)
+    # a gather whose flags read the data: every sample would get its own length
+    sel = w.op("GatherPacked", [x, w.op("PackedIndex", [x, w.op("Where", [w.op("ReLU", [x])])])])
+    return w.save(path, [y, sel])
 
 
 def test_unsupported_ops_listed_at_once(tmp_path: Path):
@@ -110,8 +113,9 @@ def test_unsupported_ops_listed_at_once(tmp_path: Path):
     err = ei.value
     assert set(err.unsupported) == {"PastValue(in a loop mixing PastValue and FutureValue)",
                                     "FutureValue(in a loop mixing PastValue and FutureValue)",
-                                    "PastValue(offset=0)", "OptimizedRNNStack(recurrentOp=lstmp)", "Hardmax"}
-    assert "5 unsupported layer(s) of 5 type(s)" in _one_line(err)
+                                    "PastValue(offset=0)", "OptimizedRNNStack(recurrentOp=lstmp)", "Hardmax",
+                                    "Where(flags computed from the data)"}
+    assert "6 unsupported layer(s) of 6 type(s)" in _one_line(err)
 
 
 def test_unsupported_recurrence_cli_exit_2_no_output(tmp_path: Path):
@@ -121,17 +125,6 @@ def test_unsupported_recurrence_cli_exit_2_no_output(tmp_path: Path):
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and "OptimizedRNNStack(recurrentOp=lstmp)" in res.output
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
-
-
-def test_data_dependent_sequence_gather_is_refused(tmp_path: Path):
-    """Where over flags computed from the data gives every sample its own length."""
-    w = CntkWriter()
-    x = w.input((1,), sequence=True)
-    where = w.op("Where", [w.op("ReLU", [x])])
-    y = w.op("GatherPacked", [x, w.op("PackedIndex", [x, where])])
-    p = w.save(tmp_path / "gather.model", y)
-    with pytest.raises(ConversionError, match="each sample its own sequence length"):
-        convert_paths([p])
 
 
 def test_cycle_without_a_delay_is_corrupt(tmp_path: Path):
