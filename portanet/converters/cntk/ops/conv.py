@@ -114,6 +114,8 @@ def convolution(ctx: Ctx, f: Function, ins: list[T]) -> T:
 
 def _batched_call(ctx: Ctx, f: Function, x: T, op: str, extra_inputs: list, attrs: dict, out_shape) -> T:
     """ONNX conv/pool ops need (N, C, spatial...): add a unit batch axis to unbatched operands."""
+    if x.seq:
+        raise ConversionError(f"{op} over a sequence (an input with a sequence axis) is not supported")
     if x.batched:
         return T(ctx.op(f, op, [x.value, *extra_inputs], attrs, final=True), tuple(out_shape), True)
     xb = ctx.op(f, "Unsqueeze", [x.value, ctx.i64([0])])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from portanet.converters.cntk.context import HANDLERS, Ctx, T, attr
+from portanet.converters.cntk.context import HANDLERS, Ctx, T, attr, dynamic_of
 from portanet.converters.cntk.graph import Function
 from portanet.errors import ConversionError
 
@@ -22,7 +22,7 @@ BINARY = {"Plus": "Add", "Minus": "Sub", "ElementTimes": "Mul"}
 def _unary(onnx_op: str):
     def handler(ctx: Ctx, f: Function, ins: list[T]) -> T:
         (x,) = ins[:1]
-        return T(ctx.op(f, onnx_op, [x.value], final=True), x.shape, x.batched)
+        return x.like(ctx.op(f, onnx_op, [x.value], final=True), x.shape)
 
     return handler
 
@@ -35,6 +35,7 @@ def align(ctx: Ctx, f: Function, a: T, b: T) -> tuple[T, T]:
     """CNTK broadcasting aligns the *leading* CNTK axes = the *trailing* NumPy axes, which is
     NumPy broadcasting on the sample; when both operands carry the batch axis, the lower-rank
     sample gets unit axes after the batch axis so the batch axes line up."""
+    dynamic_of(f, a, b)  # both batched: the same dynamic axes
     if a.batched and b.batched and a.rank != b.rank:
         lo, hi = (a, b) if a.rank < b.rank else (b, a)
         extra = hi.rank - lo.rank
@@ -56,7 +57,7 @@ def _binary(onnx_op: str):
             raise ConversionError(f"expected 2 inputs, received {len(ins)}")
         a, b = align(ctx, f, ins[0], ins[1])
         shape = broadcast_shape(f, a.shape, b.shape)
-        return T(ctx.op(f, onnx_op, [a.value, b.value], final=True), shape, a.batched or b.batched)
+        return dynamic_of(f, a, b).like(ctx.op(f, onnx_op, [a.value, b.value], final=True), shape)
 
     return handler
 
@@ -69,7 +70,7 @@ for _cntk, _onnx in BINARY.items():
 def elu(ctx: Ctx, f: Function, ins: list[T]) -> T:
     x = ins[0]
     alpha = float(attr(f, "alpha", 1.0))
-    return T(ctx.op(f, "Elu", [x.value], {"alpha": alpha}, final=True), x.shape, x.batched)
+    return x.like(ctx.op(f, "Elu", [x.value], {"alpha": alpha}, final=True), x.shape)
 
 
 @HANDLERS.register("Clip")
@@ -81,13 +82,13 @@ def clip(ctx: Ctx, f: Function, ins: list[T]) -> T:
     if lo.array is not None and hi.array is not None and lo.array.size == 1 and hi.array.size == 1:
         lo_v = ctx.const(np.float32(lo.array.reshape(())))
         hi_v = ctx.const(np.float32(hi.array.reshape(())))
-        return T(ctx.op(f, "Clip", [x.value, lo_v, hi_v], final=True), x.shape, x.batched)
+        return x.like(ctx.op(f, "Clip", [x.value, lo_v, hi_v], final=True), x.shape)
     # tensor bounds: max(min(x, hi), lo) with CNTK broadcasting
     a, b = align(ctx, f, x, hi)
-    m = T(ctx.op(f, "Min", [a.value, b.value]), broadcast_shape(f, a.shape, b.shape), a.batched or b.batched)
+    m = dynamic_of(f, a, b).like(ctx.op(f, "Min", [a.value, b.value]), broadcast_shape(f, a.shape, b.shape))
     a, b = align(ctx, f, m, lo)
-    return T(ctx.op(f, "Max", [a.value, b.value], final=True), broadcast_shape(f, a.shape, b.shape),
-             a.batched or b.batched)
+    return dynamic_of(f, a, b).like(ctx.op(f, "Max", [a.value, b.value], final=True),
+                                    broadcast_shape(f, a.shape, b.shape))
 
 
 @HANDLERS.register("Pass", "NoOp", "StopGradient", "Dropout")

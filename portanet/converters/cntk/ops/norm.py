@@ -40,6 +40,8 @@ def batch_norm(ctx: Ctx, f: Function, ins: list[T]) -> T:
     x, scale, bias, mean, var = ins[:5]
     eps = float(attr(f, "epsilon", 0.0) or 0.0)
     spatial = bool(attr(f, "spatial", False))
+    if spatial and x.seq:
+        raise ConversionError("spatial batch normalization of a sequence is not supported")
     if spatial:
         if x.rank < 1:
             raise ConversionError(f"spatial batch normalization needs a channel axis, received shape {list(x.shape)}")
@@ -59,4 +61,4 @@ def batch_norm(ctx: Ctx, f: Function, ins: list[T]) -> T:
     std = ctx.op(f, "Sqrt", [ctx.op(f, "Add", [v.value, ctx.const(np.float32(eps))])])
     normed = ctx.op(f, "Div", [centered, std])
     scaled = ctx.op(f, "Mul", [normed, s.value])
-    return T(ctx.op(f, "Add", [scaled, b.value], final=True), x.shape, x.batched)
+    return x.like(ctx.op(f, "Add", [scaled, b.value], final=True), x.shape)
