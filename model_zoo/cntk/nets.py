@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -519,10 +519,14 @@ class RecurrentZooModel:
     path: Path
     #: the sequence input's NumPy sample shape (per step)
     input_shape: tuple[int, ...]
+    #: every input's name and sample shape, in the converted model's input order
+    inputs: dict[str, tuple[int, ...]]
     #: the arrays the model was written with, by role ("W", "H", "b", ...)
     weights: dict[str, np.ndarray]
     #: the graph outputs in order
     outputs: list[str]
+    #: the inputs without a sequence axis
+    static: set[str] = field(default_factory=set)
 
 
 def _zero(w: CntkWriter) -> str:
@@ -654,6 +658,54 @@ def sequence_reduce_sum(w: CntkWriter, x: str) -> str:
     return blk.output
 
 
+def sequence_is_first(w: CntkWriter, x: str) -> str:
+    """CNTK's ``Sequence::IsFirst`` Block: PastValue(zeros like x, 1) - 1 at the first step."""
+    with w.block("Sequence::IsFirst", [x]) as blk:
+        zeros = w.op("ReconcileDynamicAxis", [w.constant(np.float32(0)), blk.args[0]])
+        w.op("PastValue", [zeros, w.constant(np.float32(1))], {"offset": 1})
+    return blk.output
+
+
+def sequence_broadcast_as(w: CntkWriter, s: str, like: str) -> str:
+    """CNTK's ``Sequence::BroadcastAs`` Block: ``s`` scattered to the first step of a sequence
+    laid out like ``like``, then carried along by a loop
+    out_t = Select(IsFirst_t, padded_t, out_{t-1})."""
+    with w.block("Sequence::BroadcastAs", [s, like], name="broadcast_as") as blk:
+        a, lk = blk.args
+        first = sequence_is_first(w, lk)
+        where = w.op("Where", [first], {"newSequenceAxisLengthScalingFactor": 0,
+                                        "newSequenceAxisLengthAdditiveFactor": Int(1)})
+        padded = w.op("ScatterPacked", [a, w.op("PackedIndex", [first, where]), first])
+        p = w.placeholder()
+        out = w.op("Select", [sequence_is_first(w, lk), padded,
+                              w.op("PastValue", [p, w.constant(np.float32(0))], {"offset": 1})])
+        w.bind(p, out)
+    return blk.output
+
+
+def element_max(w: CntkWriter, a: str, b: str) -> str:
+    """CNTK's ``ElementMax`` Block: Select(Greater(a, b), a, b)."""
+    with w.block("ElementMax", [a, b]) as blk:
+        pa, pb = blk.args
+        w.op("Select", [w.op("Greater", [pa, pb]), pa, pb])
+    return blk.output
+
+
+def _broadcast_fold(w: CntkWriter, rng: np.random.Generator):
+    """x + sequence.broadcast_as(s, x) for a per-sample vector s (an input without a sequence
+    axis); Fold(element_max) (a running-max loop from the initial state 0, then the last
+    step); NotEqual(Less(x, 0), 1) (comparisons give 1.0 / 0.0)."""
+    x = w.input((3,), "features", sequence=True)
+    s = w.input((3,), "context")
+    z = w.op("Plus", [x, sequence_broadcast_as(w, s, x)])
+    p = w.placeholder()
+    running = element_max(w, w.op("PastValue", [p, _zero(w)], {"offset": 1}), x)
+    w.bind(p, running)
+    folded = sequence_last(w, running)
+    sign = w.op("NotEqual", [w.op("Less", [x, _zero(w)]), w.constant(np.float32(1))])
+    return [z, folded, sign], {}
+
+
 def _slices(w: CntkWriter, rng: np.random.Generator):
     """sequence.slice(x, 1, -1) (a sequence 2 steps shorter, empty for T <= 2),
     sequence.slice(x, -3, 0) (the last 3 steps, all of them for T < 3), sequence.reduce_sum."""
@@ -726,6 +778,23 @@ def _bilstm_stack(w: CntkWriter, rng: np.random.Generator):
     return [h1, h2], wts
 
 
+def _seq_initial_state(w: CntkWriter, rng: np.random.Generator):
+    """Initial states that are sequences (``RecurrenceFrom`` in a sequence-to-sequence model):
+    an encoder RNN over ``source``; over ``target`` (its own sequence axis, its own length) a
+    decoder RNN starting from the encoder's last step, a backward RNN with offset 2 starting
+    from the encoder's first two steps, and a plain PastValue(decoder, encoder, offset 3)."""
+    F, G, Hd = 3, 2, 4
+    wts = {k: _rand(rng, *s) for k, s in {"We": (F, Hd), "He": (Hd, Hd), "be": (Hd,), "Wd": (G, Hd), "Hd": (Hd, Hd),
+                                           "bd": (Hd,), "Wb": (G, Hd), "Hb": (Hd, Hd), "bb": (Hd,)}.items()}
+    x = w.input((F,), "source", sequence=True)
+    y = w.input((G,), "target", sequence="targetAxis")
+    enc = rnn_recurrence(w, x, wts["We"], wts["He"], wts["be"], _zero(w))
+    dec = rnn_recurrence(w, y, wts["Wd"], wts["Hd"], wts["bd"], enc)
+    back = rnn_recurrence(w, y, wts["Wb"], wts["Hb"], wts["bb"], enc, delay="FutureValue", offset=2)
+    delayed = w.op("PastValue", [dec, enc], {"offset": 3})
+    return [enc, dec, back, delayed], wts
+
+
 def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: int = 4):
     gates = {"lstm": 4, "gru": 3, "rnnTanh": 1, "rnnReLU": 1}[recurrent_op]
     dirs = 2 if bidirectional else 1
@@ -753,6 +822,8 @@ RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list
     "delays": _delays,
     "bilstm_stack": _bilstm_stack,
     "slices": _slices,
+    "seq_initial_state": _seq_initial_state,
+    "broadcast_fold": _broadcast_fold,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),
@@ -769,8 +840,7 @@ def build_recurrent(name: str, *, directory: Path | None = None) -> RecurrentZoo
     outs, weights = RECURRENT_NETS[name](w, rng)
     path = out_dir / f"{name}.model"
     w.save(path, outs if len(outs) > 1 else outs[0], name=name)
-    return RecurrentZooModel(name, path, _recurrent_input_shape(name), weights, outs)
-
-
-def _recurrent_input_shape(name: str) -> tuple[int, ...]:
-    return {"lstm_last": (4,), "bilstm_stack": (2, 3)}.get(name, (3,))
+    # in file order (the order of the converted model's inputs): the writer stores them last-first
+    inputs = {str(v["name"]): tuple(reversed(v["shape"].dims)) for v in reversed(w.variables) if v["kind"] == 0}
+    static = {str(v["name"]) for v in w.variables if v["kind"] == 0 and len(v["dynamic_axis"]) == 1}
+    return RecurrentZooModel(name, path, next(iter(inputs.values())), inputs, weights, outs, static)

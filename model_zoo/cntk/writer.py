@@ -178,9 +178,11 @@ class CntkWriter:
         self.variables.append(d)
         return uid
 
-    def input(self, np_shape: Sequence[int], name: str = "input", *, sequence: bool = False) -> str:
-        """An Input variable with the batch axis (and the sequence axis if ``sequence``)."""
-        dyn = [SEQUENCE_AXIS, BATCH_AXIS] if sequence else [BATCH_AXIS]
+    def input(self, np_shape: Sequence[int], name: str = "input", *, sequence: bool | str = False) -> str:
+        """An Input variable with the batch axis (and the sequence axis if ``sequence``; a
+        string names a sequence axis of its own, like ``Axis.new_unique_dynamic_axis``)."""
+        seq = Axis(INT_MAX, sequence, True) if isinstance(sequence, str) else SEQUENCE_AXIS
+        dyn = [seq, BATCH_AXIS] if sequence else [BATCH_AXIS]
         return self._var("Input", 0, np_shape, name, dynamic=dyn)
 
     def parameter(self, array: np.ndarray, name: str = "") -> str:

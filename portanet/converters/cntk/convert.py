@@ -20,7 +20,7 @@ from portanet.converters.cntk.graph import (
     Variable,
     build_graph,
 )
-from portanet.converters.cntk.loops import TIME, lower_loop, support_name, uses_time
+from portanet.converters.cntk.loops import DEFAULT_SEQUENCE_AXIS, TIME, lower_loop, support_name, uses_time
 from portanet.converters.cntk.reader import read_model
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError
@@ -49,7 +49,10 @@ def convert_file(path: Path, options: ConvertOptions | None = None) -> ir.Model:
 
 
 def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str, timed: bool) -> list[int | str]:
-    lead: list[int | str] = ([BATCH] if var.dynamic else []) + ([TIME] if timed else [])
+    # the time axis is named after CNTK's sequence axis: inputs on different axes (an encoder's
+    # and a decoder's sequence) have independent lengths
+    time = TIME if var.sequence_axis == DEFAULT_SEQUENCE_AXIS else f"{TIME}_{var.sequence_axis}"
+    lead: list[int | str] = ([BATCH] if var.dynamic else []) + ([time] if timed else [])
     dims: list[int | str] = lead + list(var.shape)
     override = opts.input_shapes.get(name) or opts.input_shapes.get(var.uid)
     if override is None and "" in opts.input_shapes:

@@ -67,8 +67,12 @@ class Variable:
     shape: tuple[int, ...]
     dynamic: bool
     value: np.ndarray | None = None
-    #: True when one of its dynamic axes is an ordered (sequence) axis
-    sequence: bool = False
+    #: the name of its ordered (sequence) dynamic axis, "" when it has none
+    sequence_axis: str = ""
+
+    @property
+    def sequence(self) -> bool:
+        return bool(self.sequence_axis)
 
     @property
     def kind_name(self) -> str:
@@ -176,7 +180,8 @@ def _variable(d: dict[str, Any], where: str) -> Variable:
         shape=tuple(int(x) if x is not None else -1 for x in dims),
         dynamic=bool(d.get("dynamic_axis")),
         value=value,
-        sequence=any(isinstance(a, Axis) and a.is_ordered_dynamic_axis for a in d.get("dynamic_axis") or []),
+        sequence_axis=next((a.name or "sequence" for a in d.get("dynamic_axis") or []
+                            if isinstance(a, Axis) and a.is_ordered_dynamic_axis), ""),
     )
 
 

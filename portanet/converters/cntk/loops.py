@@ -36,8 +36,11 @@ from portanet.converters.cntk.graph import DELAYS, CntkGraph, Function, Recurren
 from portanet.errors import ConversionError
 from portanet.ir.builder import BATCH, SubgraphBuilder
 
-#: name of the symbolic time dimension of sequence inputs
+#: name of the symbolic time dimension of inputs on CNTK's default sequence axis (other
+#: sequence axes, e.g. a decoder's, are ``T_<axis name>``)
 TIME = "T"
+DEFAULT_SEQUENCE_AXIS = "defaultDynamicAxis"
+_INT64_MAX = np.iinfo(np.int64).max
 
 #: ops that read a sequence as a whole (their presence gives sequence inputs a time axis)
 SEQUENCE_OPS = frozenset({*DELAYS, "OptimizedRNNStack", "Where", "PackedIndex", "GatherPacked", "ScatterPacked",
@@ -90,12 +93,16 @@ def graph_fn(graph: CntkGraph, uid: str) -> Function:
     raise KeyError(uid)
 
 
-def broadcast_state(ctx: Ctx, f: Function, init: T, shape: tuple[int, ...], batch: ir.Value,
-                    steps: int | None = None) -> ir.Value:
-    """A delay's initial state broadcast to (N, *shape), or (steps, N, *shape) for a buffer /
-    (N, steps, *shape) for a padding block (``steps`` as a negative count means after N)."""
-    if init.seq:
-        raise ConversionError("an initial state with a sequence axis is not supported")
+def initial_steps(ctx: Ctx, f: Function, init: T, shape: tuple[int, ...], batch: ir.Value, k: int) -> ir.Value:
+    """The ``k`` initial-state values a delay reads beyond the sequence boundary, in time
+    order: (N, k, *shape). Step j is what PastValue returns at t = j, what FutureValue
+    returns at t = T - k + j.
+
+    A scalar or tensor initial state is broadcast (CNTK broadcasting). A per-sample one
+    (N, ...) too. A *sequence* initial state continues the sequence, as CNTK's
+    DelayedValueNode does it: PastValue takes its last k steps, FutureValue its first k; a
+    1-step sequence is broadcast to all k (other lengths below k are errors in CNTK).
+    """
     try:
         np.broadcast_shapes(init.shape, shape)
     except ValueError as exc:
@@ -103,16 +110,17 @@ def broadcast_state(ctx: Ctx, f: Function, init: T, shape: tuple[int, ...], batc
                               f"operand's shape {list(shape)}") from exc
     v = init.value
     if init.batched:
-        # (N, s...) -> (N, 1..., s...) aligned on the sample axes
-        v = ctx.reshape(f, init, (1,) * (len(shape) - init.rank) + init.shape).value
-        if steps is not None:
-            v = ctx.op(f, "Unsqueeze", [v, ctx.i64([0 if steps > 0 else 1])])
-    pieces = [batch, ctx.i64(list(shape))] if shape else [batch]
-    if steps is not None:
-        k = ctx.i64([abs(steps)])
-        pieces = [k, *pieces] if steps > 0 else [pieces[0], k, *pieces[1:]]
-    dims = ctx.op(f, "Concat", pieces, {"axis": 0}) if len(pieces) > 1 else pieces[0]
-    return ctx.op(f, "Expand", [v, dims])
+        # (N[, Tin], s...) -> (N, m, 1..., s...): sample axes aligned on the right
+        if init.seq:
+            future = f.op_name == "FutureValue"
+            starts, ends = ([0], [k]) if future else ([-k], [_INT64_MAX])
+            v = ctx.op(f, "Slice", [v, ctx.i64(starts), ctx.i64(ends), ctx.i64([1])])  # (N, min(k, Tin), s...)
+        else:
+            v = ctx.op(f, "Unsqueeze", [v, ctx.i64([1])])  # (N, 1, s...)
+        if init.rank < len(shape):
+            v = ctx.op(f, "Reshape", [v, ctx.i64([0, 0] + [1] * (len(shape) - init.rank) + list(init.shape))])
+    pieces = [batch, ctx.i64([k] + list(shape))]
+    return ctx.op(f, "Expand", [v, ctx.op(f, "Concat", pieces, {"axis": 0})])
 
 
 def lower_loop(ctx: Ctx, loop: RecurrentLoop, operand: Callable[[str], T], where: str) -> dict[str, T]:
@@ -128,7 +136,9 @@ def lower_loop(ctx: Ctx, loop: RecurrentLoop, operand: Callable[[str], T], where
     outer: dict[str, T] = {}
     scanned: list[str] = []
     for u in loop.members:
-        for name in fns[u].inputs:
+        # a delay's initial state is read once, before the loop (see the Scan's initial states)
+        names = fns[u].inputs[:1] if u in loop.delays else fns[u].inputs
+        for name in names:
             if name in member_outputs or name in outer:
                 continue
             t = operand(name)
@@ -173,7 +183,15 @@ def lower_loop(ctx: Ctx, loop: RecurrentLoop, operand: Callable[[str], T], where
         k = delay_offset(f)
         with b.layer(f.uid, f.op_name):
             init = operand(f.inputs[1]) if len(f.inputs) > 1 else T(ctx.const(np.float32(0)), (), False)
-            inits.append(broadcast_state(ctx, f, init, shapes[d], batch, steps=k if k > 1 else None))
+            steps = initial_steps(ctx, f, init, shapes[d], batch, k)  # (N, k, ...) in time order
+            if k == 1:
+                inits.append(ctx.op(f, "Squeeze", [steps, ctx.i64([1])]))  # (N, ...)
+                continue
+            if backward:
+                # a backward scan reads the buffer from its end: the latest step first
+                steps = ctx.op(f, "Slice", [steps, ctx.i64([-1]), ctx.i64([-_INT64_MAX]), ctx.i64([1]), ctx.i64([-1])])
+            perm = [1, 0] + list(range(2, 2 + len(shapes[d])))
+            inits.append(ctx.op(f, "Transpose", [steps], {"perm": perm}))  # (k, N, ...), oldest first
     n_out = len(used_after)
     direction = 1 if backward else 0
     attrs = {

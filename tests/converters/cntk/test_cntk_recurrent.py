@@ -11,6 +11,8 @@ here from CNTK's documented semantics, independently of the converter:
 - ``cntk.layers.GRU``: z, r = sigmoid(x W_{z,r} + b_{z,r} + h_{t-1} H_{z,r}),
   c~ = tanh(x W_c + b_c + (r h_{t-1}) H1), h_t = (1 - z) c~ + z h_{t-1}.
 - ``cntk.layers.RNNStep``: h_t = tanh(x W + h_{t-1} H + b) (``go_backwards``: h_{t+1}).
+- ``sequence.broadcast_as(s, x)``: s at every step of x; ``Fold(f)``: the last step of
+  ``Recurrence(f)``; ``element_max``, comparisons (1.0 / 0.0).
 - ``sequence.slice(x, b, e)``: steps b..e-1 (negative from the end, e = 0 the end), a new
   sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1);
   ``sequence.reduce_sum``: the sum over the steps (a sequence of length 1).
@@ -74,13 +76,33 @@ def ref_gru(x, W, H, H1, b) -> np.ndarray:
     return np.stack(hs, 1)
 
 
+def boundary(init, t: int, t_len: int, offset: int, future: bool) -> np.ndarray:
+    """What a delay reads at step t when t -/+ offset leaves the sequence. A sequence initial
+    state (N, Tin, ...) continues the sequence (CNTK's DelayedValueNode): PastValue at t
+    reads init[Tin - offset + t], FutureValue at t reads init[t + offset - T]; a 1-step
+    initial sequence is broadcast. Anything else broadcasts as is."""
+    if not isinstance(init, SeqInit):
+        return init
+    if init.value.shape[1] == 1:
+        return init.value[:, 0]
+    return init.value[:, t + offset - t_len] if future else init.value[:, init.value.shape[1] - offset + t]
+
+
+class SeqInit:
+    """Marks an initial state that is a sequence (N, Tin, ...)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+
+
 def ref_rnn(x, W, H, b, h0, backward=False, offset=1) -> np.ndarray:
     n, t_len, _ = x.shape
     out = np.zeros((n, t_len, H.shape[0]))
     steps = range(t_len - 1, -1, -1) if backward else range(t_len)
     for t in steps:
         src = t + offset if backward else t - offset
-        prev = out[:, src] if 0 <= src < t_len else np.broadcast_to(h0, (n, H.shape[0]))
+        prev = out[:, src] if 0 <= src < t_len else np.broadcast_to(boundary(h0, t, t_len, offset, backward),
+                                                                  (n, H.shape[0]))
         out[:, t] = np.tanh(x[:, t] @ W + prev @ H + b)
     return out
 
@@ -90,7 +112,7 @@ def ref_delay(x, init, offset, future) -> np.ndarray:
     t_len = x.shape[1]
     for t in range(t_len):
         src = t + offset if future else t - offset
-        y[:, t] = x[:, src] if 0 <= src < t_len else init
+        y[:, t] = x[:, src] if 0 <= src < t_len else boundary(init, t, t_len, offset, future)
     return y
 
 
@@ -149,10 +171,20 @@ def ref_optimized_rnn_stack(x, flat, op: str, hidden: int, layers: int, bidirect
     return y
 
 
-def reference(m: RecurrentZooModel, x: np.ndarray) -> list[np.ndarray]:
-    """The expected graph outputs of zoo model ``m`` for input ``x`` (N, T, F)."""
+def reference(m: RecurrentZooModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The expected graph outputs of zoo model ``m`` for its inputs (N, T, ...)."""
     w = {k: v.astype(np.float64) for k, v in m.weights.items()}
-    x = x.astype(np.float64)
+    if m.name == "seq_initial_state":
+        x, y = feeds["source"].astype(np.float64), feeds["target"].astype(np.float64)
+        enc = ref_rnn(x, w["We"], w["He"], w["be"], 0.0)
+        dec = ref_rnn(y, w["Wd"], w["Hd"], w["bd"], SeqInit(enc))
+        back = ref_rnn(y, w["Wb"], w["Hb"], w["bb"], SeqInit(enc), backward=True, offset=2)
+        return [enc, dec, back, ref_delay(dec, SeqInit(enc), 3, False)]
+    if m.name == "broadcast_fold":
+        x, ctx_vec = feeds["features"].astype(np.float64), feeds["context"].astype(np.float64)
+        running = np.maximum.accumulate(np.maximum(x, 0.0), axis=1)  # Fold(element_max), initial state 0
+        return [x + ctx_vec[:, None], running[:, -1:], (x >= 0).astype(np.float64)]
+    (x,) = (v.astype(np.float64) for v in feeds.values())
     if m.name == "lstm_last":
         h = ref_lstm(x, w["W"], w["H"], w["b"])
         return [h, h[:, -1:] @ w["Wd"] + w["bd"]]
@@ -190,16 +222,22 @@ def converted(request, cntk_zoo_dir):
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_recurrent_matches_numpy_reference(converted, backend: str):
     m, model = converted
-    inp = model.graph.inputs[0]
-    # a real symbolic time axis: (N, T, features), not folded into the batch
-    assert [str(d) for d in inp.shape[:2]] == ["N", "T"]
+    # a real symbolic time axis: (N, T, features), not folded into the batch; a sequence on an
+    # axis of its own has a time dimension of its own
+    assert {v.name: [str(d) for d in v.shape[:2]] for v in model.graph.inputs} == {
+        name: ["N", "3" if name in m.static else "T_targetAxis" if name == "target" else "T"] for name in m.inputs}
     s = Session(model, backend=backend)
     worst = 0.0
     for t_len in LENGTHS:
         for n in BATCHES:
-            x = np.random.default_rng(t_len * 10 + n).standard_normal((n, t_len, *m.input_shape)).astype(np.float32)
-            got = list(s.run({inp.name: x}).values())
-            refs = reference(m, x)
+            rng = np.random.default_rng(t_len * 10 + n)
+            # a second input has a sequence axis of its own: another length
+            # a second sequence input has a sequence axis of its own: another length; an input
+            # without a sequence axis is (N, ...)
+            feeds = {name: rng.standard_normal((n, *(() if name in m.static else (t_len + 3 * i,)), *shape))
+                     .astype(np.float32) for i, (name, shape) in enumerate(m.inputs.items())}
+            got = list(s.run(feeds).values())
+            refs = reference(m, feeds)
             assert len(got) == len(refs)
             for g, r in zip(got, refs):
                 assert g.shape == r.shape, (t_len, n, g.shape, r.shape)
@@ -222,6 +260,8 @@ def test_loops_become_scans_and_the_stack_onnx_rnns(cntk_zoo_dir):
     assert ops("ornn_lstm_bi2").count("LSTM") == 2  # one bidirectional node per layer
     assert ops("ornn_gru").count("GRU") == 1
     assert "Scan" not in ops("ornn_rnn_tanh2")
+    assert ops("broadcast_fold").count("Scan") == 2  # broadcast_as's carry loop and the running max
+    assert ops("bilstm_stack").count("Scan") == 3
 
 
 def test_portanet_train_updates_weights_inside_the_loop(cntk_zoo_dir, tmp_path):
