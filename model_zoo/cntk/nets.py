@@ -209,6 +209,37 @@ def _clip(w, x, rng):
         lambda t: _torch().clamp(t, -0.3, 0.4)
 
 
+@case("compare_select", (3, 4))
+def _compare_select(w, x, rng):
+    """ElementSelect(x > c, x, Less(x, 0) * 2 - NotEqual(x, x)): comparisons give 1.0 / 0.0."""
+    torch = _torch()
+    c = _rand(rng, 4)
+    cond = w.op("Greater", [x, w.constant(c)])
+    other = w.op("Minus", [w.op("ElementTimes", [w.op("Less", [x, w.constant(np.float32(0))]),
+                                                 w.constant(np.float32(2))]), w.op("NotEqual", [x, x])])
+    y = w.op("Select", [cond, x, other])
+
+    def f(t):
+        return torch.where(t > _t(c), t, (t < 0).float() * 2 - (t != t).float())
+
+    return y, f
+
+
+@case("compare_equal_ge_le", (5,))
+def _compare_eq(w, x, rng):
+    floor = w.op("Floor", [w.op("ElementTimes", [x, w.constant(np.float32(2))])])
+    eq = w.op("Equal", [floor, w.constant(np.float32(0))])
+    ge = w.op("GreaterEqual", [x, w.constant(np.float32(0.25))])
+    le = w.op("LessEqual", [x, w.constant(np.float32(-0.25))])
+    y = w.op("Plus", [w.op("Plus", [eq, w.op("ElementTimes", [ge, w.constant(np.float32(2))])]),
+                      w.op("ElementTimes", [le, w.constant(np.float32(4))])])
+
+    def f(t):
+        return (_torch().floor(t * 2) == 0).float() + (t >= 0.25).float() * 2 + (t <= -0.25).float() * 4
+
+    return y, f
+
+
 @case("softmax_whole_sample", (3, 4, 5))
 def _softmax(w, x, rng):
     torch = _torch()

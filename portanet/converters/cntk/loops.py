@@ -71,6 +71,8 @@ def support_name(graph: CntkGraph, f: Function) -> str:
         rop = str(attr(f, "recurrentOp", "lstm"))
         if rop not in RECURRENT_OPS:
             return f"OptimizedRNNStack(recurrentOp={rop})"
+    if op == "Times" and int(attr(f, "inferInputRankToMap", -1)) == -3:
+        return "Times(reducing the sequence axis)"
     if op == "Where" and f.inputs:
         from portanet.converters.cntk.ops.sequence import data_independent
 
