@@ -826,6 +826,28 @@ def _seq_initial_state(w: CntkWriter, rng: np.random.Generator):
     return [enc, dec, back, delayed], wts
 
 
+def _conv_rnn(w: CntkWriter, rng: np.random.Generator):
+    """A per-frame CNN feeding a recurrence: every step (2, 6, 6) goes through Convolution
+    3x3 (auto-padded) + bias, ReLU, spatial BatchNormalization and 2x2 max pooling, then an
+    RNN loop whose input projection reads the (3, 3, 3) feature maps; the last step."""
+    Hd = 4
+    wts = {"K": _rand(rng, 3, 2, 3, 3), "kb": _rand(rng, 3, 1, 1), "scale": _rand(rng, 3) + 1.0,
+           "shift": _rand(rng, 3), "mean": _rand(rng, 3), "var": (rng.random(3) + 0.5).astype(np.float32),
+           "W": _rand(rng, 3, 3, 3, Hd, scale=0.3), "H": _rand(rng, Hd, Hd), "b": _rand(rng, Hd)}
+    x = w.input((2, 6, 6), "frames", sequence=True)
+    y = w.op("Plus", [w.op("Convolution", [w.parameter(wts["K"], "K"), x], _conv_attrs((3, 3), 2)),
+                      w.parameter(wts["kb"], "kb")])
+    y = w.op("ReLU", [y])
+    y = w.op("BatchNormalization", [y, w.parameter(wts["scale"]), w.parameter(wts["shift"]), w.constant(wts["mean"]),
+                                    w.constant(wts["var"]), w.constant(np.float32(10))],
+             {"spatial": True, "epsilon": 1e-5})
+    y = w.op("Pooling", [y], {"poolingType": 0, "poolingWindowShape": shape(2, 2), "strides": shape(2, 2),
+                              "autoPadding": [False], "lowerPad": shape(0), "upperPad": shape(0), "ceilOutDim": False,
+                              "includePad": False})
+    h = rnn_recurrence(w, y, wts["W"], wts["H"], wts["b"], _zero(w))
+    return [h, sequence_last(w, h)], wts
+
+
 def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: int = 4):
     gates = {"lstm": 4, "gru": 3, "rnnTanh": 1, "rnnReLU": 1}[recurrent_op]
     dirs = 2 if bidirectional else 1
@@ -855,6 +877,7 @@ RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list
     "slices": _slices,
     "seq_initial_state": _seq_initial_state,
     "broadcast_fold": _broadcast_fold,
+    "conv_rnn": _conv_rnn,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),

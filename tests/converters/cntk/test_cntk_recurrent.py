@@ -16,6 +16,8 @@ here from CNTK's documented semantics, independently of the converter:
 - ``sequence.slice(x, b, e)``: steps b..e-1 (negative from the end, e = 0 the end), a new
   sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1);
   ``sequence.reduce_sum``: the sum over the steps (a sequence of length 1).
+- ``conv_rnn``: a per-frame CNN (PyTorch's conv2d/batch_norm/max_pool2d in float64, CNTK's
+  auto-padding for a stride-1 3x3 kernel being 1 on each side) feeding ``RNNStep``.
 - ``optimized_rnnstack``: NVIDIA cuDNN's RNN equations (cudnnRNNMode_t: LSTM i, f, c~, o;
   GRU r, z, h~ with the reset gate applied to (R h + b_R); tanh/ReLU RNN), the parameter
   vector packed as CNTK's ``cntk.misc.converter`` reads it (per layer and direction W then R,
@@ -184,6 +186,19 @@ def reference(m: RecurrentZooModel, feeds: dict[str, np.ndarray]) -> list[np.nda
         x, ctx_vec = feeds["features"].astype(np.float64), feeds["context"].astype(np.float64)
         running = np.maximum.accumulate(np.maximum(x, 0.0), axis=1)  # Fold(element_max), initial state 0
         return [x + ctx_vec[:, None], running[:, -1:], (x >= 0).astype(np.float64)]
+    if m.name == "conv_rnn":
+        import torch
+        import torch.nn.functional as F
+
+        (frames,) = feeds.values()
+        n, t_len = frames.shape[:2]
+        f = torch.from_numpy(frames.reshape(n * t_len, 2, 6, 6)).double()
+        wt = {k: torch.from_numpy(v).double() for k, v in w.items()}
+        y = F.relu(F.conv2d(f, wt["K"], padding=1) + wt["kb"])
+        y = F.batch_norm(y, wt["mean"], wt["var"], wt["scale"], wt["shift"], False, 0.0, 1e-5)
+        y = F.max_pool2d(y, 2).reshape(n, t_len, 27).numpy()
+        h = ref_rnn(y, w["W"].reshape(27, -1), w["H"], w["b"], 0.0)
+        return [h, h[:, -1:]]
     (x,) = (v.astype(np.float64) for v in feeds.values())
     if m.name == "lstm_last":
         h = ref_lstm(x, w["W"], w["H"], w["b"])
