@@ -326,9 +326,13 @@ def save_onnx(
         target = opset if opset is not None else model_opset(model)
         if not model.ir_version or model.ir_version < IR_VERSION:
             model.ir_version = IR_VERSION
-        ir.save(model, tmp, external_data=data_name)
-        # external tensors stay in their file: this reads and rewrites the graph only
-        proto = onnx.load(str(tmp), load_external_data=False)
+        if data_name is None:
+            # what ir.save would write, without writing it and reading it back
+            proto = ir.serde.serialize_model(model)
+        else:
+            ir.save(model, tmp, external_data=data_name)
+            # external tensors stay in their file: this reads and rewrites the graph only
+            proto = onnx.load(str(tmp), load_external_data=False)
         make_portable(proto)
         _fill_output_shapes(proto)
         if target != model_opset(model):

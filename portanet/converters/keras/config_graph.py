@@ -315,10 +315,44 @@ def _walk(ctx: ConfigContext, scope: Scope, path: str | None) -> None:
         outs = [scope.tensor((layer.name, node.index, 0))]
         for t in outs:
             if not t.known and ins:
-                # until the handler records it: the input's rank (what Dense asks for)
-                t.shape = (None,) * len(ins[0].shape)
+                rule = OUTPUT_SHAPES.get(layer.class_name)
+                if rule is not None:  # a handler that needs the output shape before emitting
+                    t.shape, t.known = rule(layer.config, ins[0].shape), True
+                else:  # until the handler records it: the input's rank (what Dense asks for)
+                    t.shape = (None,) * len(ins[0].shape)
         with ctx.b.layer(layer.name, layer.class_name):
             HANDLERS.call(layer.class_name, layer.name, ctx, _layer_object(layer), ins, outs, path=path)
+
+
+def _conv_transpose_shape(cfg: dict[str, Any], in_shape: Dims) -> Dims:
+    """Keras' ConvNDTranspose output shape (its conv_transpose output-length rule)."""
+    n = len(in_shape) - 2
+    last = cfg.get("data_format", "channels_last") != "channels_first"
+    sizes = in_shape[1:-1] if last else in_shape[2:]
+
+    def ints(v: Any) -> list[int]:
+        return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
+
+    pads = cfg.get("output_padding")
+    out = []
+    for i, size in enumerate(sizes):
+        k = ints(cfg["kernel_size"])[i]
+        d, s = ints(cfg.get("dilation_rate", 1))[i], ints(cfg.get("strides", 1))[i]
+        k = k + (k - 1) * (d - 1)
+        if size is None:
+            out.append(None)
+        elif pads is None:
+            out.append(size * s + max(k - s, 0) if cfg["padding"] == "valid" else size * s)
+        else:
+            pad = k // 2 if cfg["padding"] == "same" else 0
+            out.append((size - 1) * s + k - 2 * pad + ints(pads)[i])
+    filters = int(cfg["filters"])
+    return (None, *out, filters) if last else (None, filters, *out)
+
+
+#: class -> fn(config, input shape) -> output shape, for handlers reading it before emitting
+OUTPUT_SHAPES: dict[str, Callable[[dict[str, Any], Dims], Dims]] = {
+    f"Conv{d}DTranspose": _conv_transpose_shape for d in (1, 2, 3)}
 
 
 def _bind(ctx: ConfigContext, dst: ConfigTensor, src: ConfigTensor) -> None:

@@ -8,9 +8,12 @@ Two containers are understood:
   ones, each in creation order). Groups are keyed by the layer's class name in snake case
   (``conv2d``, ``conv2d_1``, ...); Keras 3.4+ also records the layer's own name as the
   ``name`` attribute of its ``vars`` group, which is what this reader uses.
-* legacy HDF5 ``.h5`` (Keras 3's ``model.save("m.h5")``): the config is the ``model_config``
-  attribute, weights are ``model_weights/<layer>/<weight name>`` listed by the group's
-  ``weight_names`` attribute (``conv1/kernel``, ``inner/conv1/kernel`` inside a nested model).
+* legacy HDF5 ``.h5`` (Keras 3's ``model.save("m.h5")`` and tf.keras 2.x files): the config is
+  the ``model_config`` attribute, weights are ``model_weights/<layer>/<weight name>`` listed,
+  in the layer's weight order, by the group's ``weight_names`` attribute (``conv1/kernel``,
+  ``inner/conv1/kernel`` inside a nested model; tf.keras adds ``:0``). Keras 2 configs list a
+  call's inputs as ``[[layer, node, index, kwargs], ...]`` and record no tensor shapes (they
+  are inferred from the IR as the walk goes).
 
 ``read_model`` turns the config into a ``ModelSpec`` graph (layers, call nodes, tensor
 references with the shapes Keras recorded) for ``config_graph.py``. Anything this reader
@@ -77,6 +80,14 @@ _spec(_NONE, "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
       "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
       "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
       "GaussianDropout", "AlphaDropout", "ActivityRegularization", "UnitNormalization", "Rescaling")
+
+#: config entries older (Keras 2) configs may lack, with the value Keras 3 assumes
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    **{c: {"groups": 1} for c in ("Conv1D", "Conv2D", "Conv3D")},
+    **{f"Global{k}Pooling{d}D": {"keepdims": False} for k in ("Average", "Max") for d in (1, 2, 3)},
+}
+#: Keras 2 config keys Keras 3 renamed (old -> new)
+CONFIG_RENAMES: dict[str, dict[str, str]] = {"LeakyReLU": {"alpha": "negative_slope"}}
 
 #: variables Keras creates non-trainable, per class
 NON_TRAINABLE: dict[str, tuple[str, ...]] = {"BatchNormalization": ("moving_mean", "moving_variance")}
@@ -162,6 +173,8 @@ class TensorRef:
     index: int
     shape: tuple[int | None, ...] | None = None
     dtype: str | None = None
+    #: written in the Keras 2 list format (which counts a nested Functional's own node)
+    legacy: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -214,8 +227,10 @@ def _keras_tensor(obj: Any) -> TensorRef | None:
 
 def _node_inputs(node: Any, layer: str) -> list[TensorRef]:
     """The tensors of one inbound node (Keras 3 format: ``{"args": [...], "kwargs": {...}}``)."""
+    if isinstance(node, list):
+        return _legacy_node_inputs(node, layer)
     if not isinstance(node, dict) or "args" not in node:
-        raise NeedsKeras(f"layer '{layer}': an inbound node in the Keras 2 format")
+        raise NeedsKeras(f"layer '{layer}': an inbound node of an unknown format")
     refs: list[TensorRef] = []
     args = node.get("args") or []
     for arg in args:
@@ -228,6 +243,19 @@ def _node_inputs(node: Any, layer: str) -> list[TensorRef]:
     for key, value in (node.get("kwargs") or {}).items():
         if _contains_tensor(value):
             raise NeedsKeras(f"layer '{layer}': a tensor passed as '{key}='")
+    return refs
+
+
+def _legacy_node_inputs(node: list, layer: str) -> list[TensorRef]:
+    """Keras 2: ``[[layer, node, index, kwargs], ...]``, kwargs holding no tensors."""
+    refs = []
+    for entry in node:
+        if not (isinstance(entry, list) and len(entry) in (3, 4) and isinstance(entry[0], str)):
+            raise NeedsKeras(f"layer '{layer}': an inbound node entry {entry!r:.60}")
+        kwargs = entry[3] if len(entry) == 4 else {}
+        if not isinstance(kwargs, dict) or any(isinstance(v, list | dict) for v in kwargs.values()):
+            raise NeedsKeras(f"layer '{layer}': call arguments {kwargs!r:.60}")
+        refs.append(TensorRef(entry[0], int(entry[1]), int(entry[2]), legacy=True))
     return refs
 
 
@@ -294,6 +322,12 @@ def parse_model(entry: dict[str, Any], trainable: bool = True) -> ModelSpec:
         layers[layer.name] = layer
     model = ModelSpec(name, "Functional", layers, _endpoint_refs(cfg.get("input_layers"), "inputs"),
                       _endpoint_refs(cfg.get("output_layers"), "outputs"), trainable)
+    for layer in layers.values():
+        for node in layer.nodes:
+            for ref in node.inputs:
+                target = layers.get(ref.layer)
+                if ref.legacy and target is not None and target.class_name in ("Functional", "Model"):
+                    ref.node -= 1  # see below
     for ref in model.inputs + model.outputs:
         if ref.layer not in layers:
             raise NeedsKeras(f"model input/output refers to an unknown layer '{ref.layer}'")
@@ -309,7 +343,10 @@ def parse_model(entry: dict[str, Any], trainable: bool = True) -> ModelSpec:
 def _parse_layer(item: dict[str, Any], trainable: bool) -> LayerSpec:
     _check_class(item)
     cls = str(item["class_name"])
-    cfg = dict(item.get("config") or {})
+    cfg = {**CONFIG_DEFAULTS.get(cls, {}), **(item.get("config") or {})}
+    for old, new in CONFIG_RENAMES.get(cls, {}).items():
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg.pop(old)
     name = str(cfg.get("name", item.get("name")))
     layer = LayerSpec(name, cls, cfg, trainable=trainable and bool(cfg.get("trainable", True)))
     if cls in MODEL_CLASSES:
@@ -468,18 +505,17 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
             _attach_legacy_weights(layer.model, group, (*prefix, layer.name) if prefix else (layer.name,))
             continue
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in entry.attrs.get("weight_names", [])]
-        mine = {}
-        for full in names:
-            parts = re.sub(r":\d+$", "", full).split("/")
-            if len(parts) >= 2 and parts[-2] == layer.name:
-                mine[parts[-1]] = entry[full]
+        if prefix:  # a nested model's group lists every inner layer's weights: keep this layer's
+            names = [n for n in names if n.split("/")[-2:-1] == [layer.name]]
         want = weight_names(layer.class_name, layer.config)
-        if sorted(mine) != sorted(want):
-            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has weights {sorted(mine)}, "
-                             f"expected {want}")
+        if len(names) != len(want):
+            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has weights {names}, expected {want}")
+        # Keras loads these by position (the variable names differ across versions, e.g. a
+        # Keras 2 DepthwiseConv2D's depthwise_kernel is Keras 3's kernel)
+        stored = {w: entry[n] for w, n in zip(want, names)}
         for wname in want:
-            layer.weights[wname] = _dataset_reader(mine[wname])
-        check_weight_shapes(layer, {w: mine[w].shape for w in want})
+            layer.weights[wname] = _dataset_reader(stored[wname])
+        check_weight_shapes(layer, {w: d.shape for w, d in stored.items()})
 
 
 @contextlib.contextmanager

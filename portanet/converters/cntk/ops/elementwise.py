@@ -66,6 +66,57 @@ for _cntk, _onnx in BINARY.items():
     HANDLERS.register(_cntk)(_binary(_onnx))
 
 
+@HANDLERS.register("LogPlus")
+def log_plus(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """log(exp(a) + exp(b)) (CNTK's LogAddExp; ``softplus`` is a Block of it), computed as
+    max(a, b) + softplus(-|a - b|) so large operands do not overflow."""
+    if len(ins) != 2:
+        raise ConversionError(f"expected 2 inputs, received {len(ins)}")
+    a, b = align(ctx, f, ins[0], ins[1])
+    shape = broadcast_shape(f, a.shape, b.shape)
+    gap = ctx.op(f, "Neg", [ctx.op(f, "Abs", [ctx.op(f, "Sub", [a.value, b.value])])])
+    y = ctx.op(f, "Add", [ctx.op(f, "Max", [a.value, b.value]), ctx.op(f, "Softplus", [gap])], final=True)
+    return dynamic_of(f, a, b).like(y, shape)
+
+
+#: CNTK comparisons -> (ONNX op, negate): CNTK returns 1.0 / 0.0 in the operands' type
+COMPARISONS = {"Equal": ("Equal", False), "NotEqual": ("Equal", True), "Less": ("Less", False),
+               "LessEqual": ("LessOrEqual", False), "Greater": ("Greater", False),
+               "GreaterEqual": ("GreaterOrEqual", False)}
+
+
+def _comparison(onnx_op: str, negate: bool):
+    def handler(ctx: Ctx, f: Function, ins: list[T]) -> T:
+        if len(ins) != 2:
+            raise ConversionError(f"expected 2 inputs, received {len(ins)}")
+        a, b = align(ctx, f, ins[0], ins[1])
+        shape = broadcast_shape(f, a.shape, b.shape)
+        c = ctx.op(f, onnx_op, [a.value, b.value])
+        if negate:
+            c = ctx.op(f, "Not", [c])
+        return dynamic_of(f, a, b).like(ctx.op(f, "Cast", [c], {"to": 1}, final=True), shape)
+
+    return handler
+
+
+for _cntk, (_onnx, _neg) in COMPARISONS.items():
+    HANDLERS.register(_cntk)(_comparison(_onnx, _neg))
+
+
+@HANDLERS.register("Select")
+def select(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """ElementSelect(condition, then, else): ``then`` where the condition is non-zero."""
+    if len(ins) != 3:
+        raise ConversionError(f"expected 3 inputs (condition, then, else), received {len(ins)}")
+    cond, a, b = ins
+    a, b = align(ctx, f, a, b)
+    cond, a = align(ctx, f, cond, a)
+    cond, b = align(ctx, f, cond, b)
+    shape = broadcast_shape(f, broadcast_shape(f, cond.shape, a.shape), b.shape)
+    mask = ctx.op(f, "Not", [ctx.op(f, "Equal", [cond.value, ctx.const(np.float32(0))])])
+    return dynamic_of(f, cond, a, b).like(ctx.op(f, "Where", [mask, a.value, b.value], final=True), shape)
+
+
 @HANDLERS.register("ELU")
 def elu(ctx: Ctx, f: Function, ins: list[T]) -> T:
     x = ins[0]

@@ -23,6 +23,7 @@ the same length T.
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from portanet.converters.cntk.context import HANDLERS, Ctx, T
 from portanet.converters.cntk.graph import CONSTANT, DELAYS, PARAMETER, CntkGraph, Function
@@ -134,6 +135,30 @@ def packed_index(ctx: Ctx, f: Function, ins: list[T]) -> T:
     if len(ins) != 2 or not ins[1].time_index:
         raise ConversionError("expected (layout, Where(...)) inputs")
     return ins[1]
+
+
+@HANDLERS.register("ScatterPacked")
+def scatter_packed(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """ScatterPacked(x, PackedIndex(cond, Where(cond)), cond): the steps of ``x`` placed at the
+    selected time positions of a sequence laid out like ``cond``, zeros elsewhere (what
+    ``sequence.scatter`` and ``sequence.broadcast_as`` build). ``x`` without a sequence axis
+    is a 1-step sequence."""
+    if len(ins) != 3 or not ins[1].time_index:
+        raise ConversionError("expected (x, PackedIndex(...), layout) inputs")
+    x, idx, like = ins
+    if not x.batched or not like.seq:
+        raise ConversionError(f"expected a batched operand and a sequence layout, received shapes "
+                              f"{list(x.full_shape)} and {list(like.full_shape)}")
+    xs = x.value if x.seq else ctx.op(f, "Unsqueeze", [x.value, ctx.i64([1])])  # (N, K, s...)
+    perm = [1, 0] + list(range(2, 2 + x.rank))
+    updates = ctx.op(f, "Transpose", [xs], {"perm": perm})  # (K, N, s...)
+    t_len = ctx.op(f, "Shape", [like.value], {"start": 1, "end": 2})
+    batch = ctx.op(f, "Shape", [x.value], {"start": 0, "end": 1})
+    dims = ctx.op(f, "Concat", [t_len, batch, ctx.i64(list(x.shape))] if x.shape else [t_len, batch], {"axis": 0})
+    zeros = ctx.op(f, "ConstantOfShape", [dims], {"value": ir.tensor(np.zeros(1, np.float32))})  # (T, N, s...)
+    # the time position of update k is idx[k] (positions are distinct: one flag per step)
+    scattered = ctx.op(f, "ScatterND", [zeros, ctx.op(f, "Unsqueeze", [idx.value, ctx.i64([1])]), updates])
+    return like.like(ctx.op(f, "Transpose", [scattered], {"perm": perm}, final=True), x.shape)
 
 
 @HANDLERS.register("GatherPacked")
