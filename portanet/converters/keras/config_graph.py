@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from portanet.converters.keras import layout
@@ -89,6 +90,9 @@ class ConfigLayer:
         if key.startswith("_"):
             raise AttributeError(key)
         spec = self._spec
+        derive = DERIVED.get(spec.class_name, {}).get(key)
+        if derive is not None:
+            return derive(self, key)
         if key in spec.weights:
             return spec.weights[key]()
         if key in _OPTIONAL_WEIGHTS:  # a variable this configuration does not create
@@ -97,6 +101,35 @@ class ConfigLayer:
             return spec.config[key]
         raise AttributeError(f"{spec.class_name} '{spec.name}' has no config entry '{key}'")
 
+
+def _normalization_stats(layer: ConfigLayer, key: str) -> np.ndarray:
+    """Normalization's ``mean``/``variance`` as Keras holds them after building: shaped to
+    broadcast against the input (kept axes at their size, the others 1), from the adapted
+    variables or from the constants of the config (aligned right to left to the kept axes)."""
+    cfg = layer._spec.config
+    shape = layer._input_shape
+    rank = len(shape)
+    axis = cfg.get("axis")
+    axes = () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+    keep = sorted(int(a) % rank for a in axes)
+    if any(shape[d] is None for d in keep):
+        raise NeedsKeras(f"Normalization '{layer.name}' over an axis of unknown size")
+    broadcast = [shape[d] if d in keep else 1 for d in range(rank)]
+    if cfg.get("mean") is None:
+        return np.reshape(layer._spec.weights[key](), broadcast)
+    value = np.asarray(cfg[key], np.float32)
+    if value.ndim == 0:
+        return np.broadcast_to(value, broadcast)
+    expanded = [1] * rank
+    for i in range(1, value.ndim + 1):
+        expanded[keep[-i]] = value.shape[-i]
+    return np.broadcast_to(value.reshape(expanded), broadcast)
+
+
+#: class -> attribute -> fn(layer, attribute): attributes Keras computes when it builds a layer
+DERIVED: dict[str, dict[str, Callable[[ConfigLayer, str], Any]]] = {
+    "Normalization": {"mean": _normalization_stats, "variance": _normalization_stats},
+}
 
 #: variables that exist only in some configurations (None when absent, as in Keras)
 _OPTIONAL_WEIGHTS = {"bias", "gamma", "beta"}
@@ -320,8 +353,10 @@ def _walk(ctx: ConfigContext, scope: Scope, path: str | None) -> None:
                     t.shape, t.known = rule(layer.config, ins[0].shape), True
                 else:  # until the handler records it: the input's rank (what Dense asks for)
                     t.shape = (None,) * len(ins[0].shape)
+        obj = _layer_object(layer)
+        obj._input_shape = ins[0].shape if ins else ()
         with ctx.b.layer(layer.name, layer.class_name):
-            HANDLERS.call(layer.class_name, layer.name, ctx, _layer_object(layer), ins, outs, path=path)
+            HANDLERS.call(layer.class_name, layer.name, ctx, obj, ins, outs, path=path)
 
 
 def _conv_transpose_shape(cfg: dict[str, Any], in_shape: Dims) -> Dims:

@@ -71,6 +71,8 @@ _spec(lambda cfg: ["depthwise_kernel", "pointwise_kernel", *_bias(cfg)], "Separa
 _spec(lambda cfg: [*_norm_params(cfg), "moving_mean", "moving_variance"], "BatchNormalization")
 _spec(_norm_params, "LayerNormalization", "GroupNormalization")
 _spec(lambda cfg: ["alpha"], "PReLU")
+# adapted statistics are variables; statistics given to the constructor live in the config
+_spec(lambda cfg: ["mean", "variance", "count"] if cfg.get("mean") is None else [], "Normalization")
 _spec(lambda cfg: ["embeddings"], "Embedding")
 _spec(_NONE, "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
       "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
@@ -90,7 +92,8 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
 CONFIG_RENAMES: dict[str, dict[str, str]] = {"LeakyReLU": {"alpha": "negative_slope"}}
 
 #: variables Keras creates non-trainable, per class
-NON_TRAINABLE: dict[str, tuple[str, ...]] = {"BatchNormalization": ("moving_mean", "moving_variance")}
+NON_TRAINABLE: dict[str, tuple[str, ...]] = {"BatchNormalization": ("moving_mean", "moving_variance"),
+                                             "Normalization": ("mean", "variance", "count")}
 
 
 def supported_classes() -> list[str]:

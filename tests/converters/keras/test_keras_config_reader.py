@@ -49,6 +49,18 @@ def mobilenet_v2():
     return randomize_batchnorm(keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35))
 
 
+def efficientnet_b0():
+    """Normalization with adapted statistics (variables), Rescaling, squeeze-excite Multiply."""
+    from model_zoo.keras.models import randomize_batchnorm
+
+    model = randomize_batchnorm(keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3)))
+    norm = model.get_layer("normalization")
+    norm.adapt_mean.assign(np.array([0.1, 0.2, 0.3], np.float32))
+    norm.adapt_variance.assign(np.array([2.0, 3.0, 4.0], np.float32))
+    norm.finalize_state()
+    return model
+
+
 def sequential_mlp():
     lay = _layers()
     return keras.Sequential([keras.Input((12,), name="features"), lay.Dense(16, activation="relu", name="h1"),
@@ -121,6 +133,8 @@ def norm_and_activations():
     y = lay.GroupNormalization(groups=3, name="gn")(y)
     y = lay.UnitNormalization(name="unit")(lay.Activation("gelu", name="gelu")(y))
     y = lay.Rescaling(2.0, offset=-1.0, name="rescale")(y)
+    y = lay.Normalization(mean=[0.5, 1.0, 0.0, 2.0, 1.0, 0.0], variance=[1.0, 2.0, 3.0, 4.0, 0.5, 1.5],
+                          name="norm_const")(y)
     y = lay.MaxPooling2D(2, padding="valid", name="mp")(y)
     y = lay.Permute((3, 1, 2), name="perm")(y)
     y = lay.Reshape((6, 16), name="reshape")(y)
@@ -159,7 +173,7 @@ class _Scale(keras.layers.Layer):
         return x * 3.0
 
 
-BUILDERS = {f.__name__: f for f in (resnet50, mobilenet_v2, sequential_mlp, sequential_cnn, nested_functional,
+BUILDERS = {f.__name__: f for f in (resnet50, mobilenet_v2, efficientnet_b0, sequential_mlp, sequential_cnn, nested_functional,
                                     conv_variants, norm_and_activations, conv1d_3d_and_embedding,
                                     custom_layer_model)}
 #: builder -> file suffixes it is saved as
