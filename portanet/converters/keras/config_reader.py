@@ -191,6 +191,9 @@ class NodeSpec:
     layer: str
     index: int
     inputs: list[TensorRef]
+    #: a raw keras.ops call: its positional arguments (TensorRefs and constants) and keywords
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,6 +202,8 @@ class LayerSpec:
     class_name: str
     config: dict[str, Any]
     nodes: list[NodeSpec] = field(default_factory=list)
+    #: a raw keras.ops operation (handled as ``ops.<class_name>``) rather than a layer
+    is_op: bool = False
     #: a nested model used as a layer
     model: ModelSpec | None = None
     #: weight name -> zero-argument reader of the array
@@ -249,6 +254,29 @@ def _node_inputs(node: Any, layer: str) -> list[TensorRef]:
     return refs
 
 
+def _op_node(node: Any, layer: str, index: int) -> NodeSpec:
+    """A raw keras.ops call: tensors and constants (numbers, ``__tensor__``/``__numpy__``
+    arrays) as positional arguments, constant keywords."""
+    if not isinstance(node, dict) or "args" not in node:
+        raise NeedsKeras(f"operation '{layer}': an inbound node of an unknown format")
+
+    def value(obj: Any) -> Any:
+        ref = _keras_tensor(obj)
+        if ref is not None:
+            return ref
+        if isinstance(obj, dict) and obj.get("class_name") in ("__tensor__", "__numpy__"):
+            cfg = obj.get("config") or {}
+            return np.asarray(cfg.get("value"), dtype=cfg.get("dtype") or None)
+        if isinstance(obj, bool | int | float) or obj is None:
+            return obj
+        raise NeedsKeras(f"operation '{layer}': an argument {json.dumps(obj)[:60]}")
+
+    args = [value(a) for a in node.get("args") or []]
+    kwargs = {k: value(v) for k, v in (node.get("kwargs") or {}).items()}
+    refs = [a for a in [*args, *kwargs.values()] if isinstance(a, TensorRef)]
+    return NodeSpec(layer, index, refs, args, kwargs)
+
+
 def _legacy_node_inputs(node: list, layer: str) -> list[TensorRef]:
     """Keras 2: ``[[layer, node, index, kwargs], ...]``, kwargs holding no tensors."""
     refs = []
@@ -290,11 +318,31 @@ def _check_class(entry: dict[str, Any]) -> None:
         raise NeedsKeras(f"layer '{name}' is a registered class '{registered}'")
     if cls in MODEL_CLASSES or cls == "InputLayer":
         return
+    if is_op(entry):
+        if cls not in op_classes():
+            raise NeedsKeras(f"keras.ops call '{name}' ({cls}; the config reader converts "
+                             f"{len(op_classes())} elementwise operations)")
+        return
     if cls not in _SPECS:
         raise NeedsKeras(f"layer '{name}' of class {cls} (the config reader knows {len(_SPECS)} classes)")
     why = _config_refusal(cls, entry.get("config") or {})
     if why:
         raise NeedsKeras(f"layer '{name}' ({cls}) with {why}")
+
+
+def is_op(entry: dict[str, Any]) -> bool:
+    """A raw keras.ops call recorded in a functional graph (not a layer)."""
+    return str(entry.get("module", "")).startswith(("keras.src.ops", "keras.ops"))
+
+
+def op_classes() -> dict[str, tuple[str, ...]]:
+    """keras.ops operations the config reader converts -> the parameter names of their
+    ``call`` (what the ``ops.*`` handlers bind the node's arguments to): the elementwise ones,
+    whose attributes are all in their config."""
+    from portanet.converters.keras.ops import keras_ops
+
+    unary = {name: ("x",) for name in [*keras_ops._UNARY, *keras_ops._COMPOSITE]}
+    return {**unary, **{name: ("x1", "x2") for name in keras_ops._BINARY}}
 
 
 def _input_shape(cfg: dict[str, Any]) -> tuple[int | None, ...]:
@@ -321,7 +369,8 @@ def parse_model(entry: dict[str, Any], trainable: bool = True) -> ModelSpec:
     for item in cfg["layers"]:
         layer = _parse_layer(item, trainable)
         for i, node in enumerate(item.get("inbound_nodes") or []):
-            layer.nodes.append(NodeSpec(layer.name, i, _node_inputs(node, layer.name)))
+            layer.nodes.append(_op_node(node, layer.name, i) if layer.is_op
+                               else NodeSpec(layer.name, i, _node_inputs(node, layer.name)))
         layers[layer.name] = layer
     model = ModelSpec(name, "Functional", layers, _endpoint_refs(cfg.get("input_layers"), "inputs"),
                       _endpoint_refs(cfg.get("output_layers"), "outputs"), trainable)
@@ -351,7 +400,7 @@ def _parse_layer(item: dict[str, Any], trainable: bool) -> LayerSpec:
         if old in cfg and new not in cfg:
             cfg[new] = cfg.pop(old)
     name = str(cfg.get("name", item.get("name")))
-    layer = LayerSpec(name, cls, cfg, trainable=trainable and bool(cfg.get("trainable", True)))
+    layer = LayerSpec(name, cls, cfg, trainable=trainable and bool(cfg.get("trainable", True)), is_op=is_op(item))
     if cls in MODEL_CLASSES:
         layer.model = parse_model(item, trainable)
         layer.model.name = name
@@ -479,7 +528,7 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
                 raise NeedsKeras(f"no weights group for nested model '{layer.name}'")
             _attach_keras3_weights(layer.model, entry, f"{where}layers/{layer.name}/")
             continue
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" or layer.is_op:
             continue
         want = weight_names(layer.class_name, layer.config)
         stored = entry.get("vars") if entry is not None else None
@@ -496,7 +545,7 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
     """Bind ``model_weights/<layer>/<weight name>`` (names like ``conv1/kernel`` or, inside a
     nested model, ``inner/conv1/kernel``) to the layers."""
     for layer in model.layers.values():
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" or layer.is_op:
             continue
         top = prefix[0] if prefix else layer.name
         if top not in group:

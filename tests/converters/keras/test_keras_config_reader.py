@@ -159,12 +159,34 @@ def conv1d_3d_and_embedding():
     return keras.Model([ids, v], lay.Flatten(name="flat")(r), name="seq_and_volume")
 
 
+def raw_ops():
+    """Raw keras.ops calls in a functional graph: constants (numbers, arrays), broadcasting,
+    unary and composite operations with config attributes (gelu approximate)."""
+    ops = keras.ops
+    lay = _layers()
+    x = keras.Input((6, 6, 4), name="x")
+    v = keras.Input((1, 6, 4), name="v")
+    y = lay.Conv2D(4, 1, name="conv")(x)
+    y = ops.multiply(y, ops.hard_sigmoid(ops.add(y, 3.0)))
+    y = ops.subtract(y, v)  # (N, 1, 6, 4) broadcast against (N, 6, 6, 4)
+    y = ops.sqrt(ops.abs(y) * np.array([1.0, 2.0, 0.5, 3.0], np.float32))
+    y = ops.maximum(ops.gelu(y, approximate=True), ops.square(ops.tanh(y)))
+    y = ops.divide(y, 7.0) - ops.exp(ops.negative(y))
+    return keras.Model([x, v], lay.GlobalAveragePooling2D(name="gap")(y), name="raw_ops")
+
+
 def custom_layer_model():
     """A registered custom layer: the config reader refuses it, the Keras path converts it."""
     lay = _layers()
     x = keras.Input((6,), name="x")
     y = _Scale(name="scale")(lay.Dense(4, name="fc")(x))
     return keras.Model(x, y, name="custom")
+
+
+def unhandled_op_model():
+    """A raw keras.ops call the config reader does not take (a reduction)."""
+    x = keras.Input((5, 3), name="x")
+    return keras.Model(x, keras.ops.mean(_layers().Dense(2, name="fc")(x), axis=1), name="unhandled_op")
 
 
 @keras.saving.register_keras_serializable(package="portanet_tests")
@@ -175,7 +197,7 @@ class _Scale(keras.layers.Layer):
 
 BUILDERS = {f.__name__: f for f in (resnet50, mobilenet_v2, efficientnet_b0, sequential_mlp, sequential_cnn, nested_functional,
                                     conv_variants, norm_and_activations, conv1d_3d_and_embedding,
-                                    custom_layer_model)}
+                                    raw_ops, custom_layer_model, unhandled_op_model)}
 #: builder -> file suffixes it is saved as
 SUFFIXES = {"sequential_cnn": (".h5", ".k2.h5"), "nested_functional": (".keras", ".h5", ".k2.h5"),
             "norm_and_activations": (".keras", ".h5"), "conv_variants": (".keras", ".k2.h5")}
@@ -286,7 +308,7 @@ def _assert_same_graph(got, ref) -> None:
         assert arr.dtype == b["inits"][k][0].dtype and np.array_equal(arr, b["inits"][k][0]), k
 
 
-CASES = [(name, suffix) for name in BUILDERS if name != "custom_layer_model"
+CASES = [(name, suffix) for name in BUILDERS if name not in ("custom_layer_model", "unhandled_op_model")
          for suffix in SUFFIXES.get(name, (".keras",))]
 
 
@@ -318,15 +340,16 @@ def test_weight_order_is_keras_save_order() -> None:
         assert config_reader.weight_names(type(layer).__name__, layer.get_config()) == saved, type(layer).__name__
 
 
-def test_unsupported_content_falls_back_to_keras(caplog) -> None:
-    model, path = _model_file("custom_layer_model", ".keras")
-    with pytest.raises(ConversionError, match="custom class|registered class"):
+@pytest.mark.parametrize(("name", "why"), [("custom_layer_model", "layer 'scale' is a custom class"),
+                                         ("unhandled_op_model", "keras.ops call 'mean' \\(Mean")])
+def test_unsupported_content_falls_back_to_keras(name: str, why: str, caplog) -> None:
+    model, path = _model_file(name, ".keras")
+    with pytest.raises(ConversionError, match=why):
         portanet.convert(str(path), keras_reader="config")
     with caplog.at_level(logging.INFO, logger="portanet.converters.keras.config_graph"):
         converted = portanet.convert(str(path))
-    assert any("loading with Keras" in r.getMessage() and "scale" in r.getMessage() for r in caplog.records)
-    x = random_inputs(model, batch=3)
-    assert_parity(converted, model, x, nchw=False)
+    assert any("loading with Keras" in r.getMessage() for r in caplog.records)
+    assert_parity(converted, model, random_inputs(model, batch=3), nchw=False)
 
 
 # runs `portanet convert` on each (source, output) pair in one process, then lists the
