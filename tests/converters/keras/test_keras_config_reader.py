@@ -84,8 +84,8 @@ def sequential_cnn():
 
 
 def nested_functional():
-    """A Sequential and a Functional model used as layers; two inputs, three outputs (the
-    nested Functional's output both a model output and consumed)."""
+    """A Sequential and a Functional model used as layers, a layer called twice; two inputs,
+    four outputs (the nested Functional's output both a model output and consumed)."""
     lay = _layers()
     a = keras.Input((10, 10, 3), name="a")
     b = keras.Input((10, 10, 3), name="b")
@@ -95,10 +95,11 @@ def nested_functional():
     tail = keras.Model(ti, lay.GlobalAveragePooling2D(name="tail_gap")(lay.ReLU(name="tail_relu")(ti)),
                        name="tail")
     ya = block(a)
-    y = lay.Add(name="sum")([ya, lay.Conv2D(4, 1, name="b_conv")(b)])
+    shared = lay.Conv2D(4, 1, name="b_conv")  # called twice: its second call is node 1
+    y = lay.Add(name="sum")([ya, shared(b)])
     pooled = tail(y)
-    return keras.Model([a, b], [pooled, lay.Activation("sigmoid", name="gate")(y), lay.Dense(2, name="head")(pooled)],
-                       name="nested")
+    return keras.Model([a, b], [pooled, lay.Activation("sigmoid", name="gate")(y), lay.Dense(2, name="head")(pooled),
+                                lay.ReLU(name="shared_out")(shared(a))], name="nested")
 
 
 def conv_variants():
