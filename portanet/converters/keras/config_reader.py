@@ -520,9 +520,9 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
         name = vars_group.attrs.get("name") if vars_group is not None else None
         if name is None:
             raise NeedsKeras(f"weights group {where}layers/{key} without the layer name (an older Keras 3 file)")
-        by_name[name.decode() if isinstance(name, bytes) else str(name)] = entry
+        by_name[name.decode() if isinstance(name, bytes) else str(name)] = (entry, vars_group)
     for layer in model.layers.values():
-        entry = by_name.get(layer.name)
+        entry, stored = by_name.get(layer.name, (None, None))
         if layer.model is not None:
             if entry is None:
                 raise NeedsKeras(f"no weights group for nested model '{layer.name}'")
@@ -531,14 +531,13 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
         if layer.class_name == "InputLayer" or layer.is_op:
             continue
         want = weight_names(layer.class_name, layer.config)
-        stored = entry.get("vars") if entry is not None else None
-        count = len(stored) if stored is not None else 0
-        if count != len(want):
-            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {count} saved variables, "
+        datasets = [stored[str(i)] for i in range(len(stored))] if stored is not None else []
+        if len(datasets) != len(want):
+            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {len(datasets)} saved variables, "
                              f"expected {len(want)} ({', '.join(want) or 'none'})")
-        for i, wname in enumerate(want):
-            layer.weights[wname] = _dataset_reader(stored[str(i)])
-        check_weight_shapes(layer, {w: stored[str(i)].shape for i, w in enumerate(want)})
+        for wname, ds in zip(want, datasets):
+            layer.weights[wname] = _dataset_reader(ds)
+        check_weight_shapes(layer, {w: ds.shape for w, ds in zip(want, datasets)})
 
 
 def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...] = ()) -> None:
