@@ -209,6 +209,45 @@ def _clip(w, x, rng):
         lambda t: _torch().clamp(t, -0.3, 0.4)
 
 
+@case("compare_select", (3, 4))
+def _compare_select(w, x, rng):
+    """ElementSelect(x > c, x, Less(x, 0) * 2 - NotEqual(x, x)): comparisons give 1.0 / 0.0."""
+    torch = _torch()
+    c = _rand(rng, 4)
+    cond = w.op("Greater", [x, w.constant(c)])
+    other = w.op("Minus", [w.op("ElementTimes", [w.op("Less", [x, w.constant(np.float32(0))]),
+                                                 w.constant(np.float32(2))]), w.op("NotEqual", [x, x])])
+    y = w.op("Select", [cond, x, other])
+
+    def f(t):
+        return torch.where(t > _t(c), t, (t < 0).float() * 2 - (t != t).float())
+
+    return y, f
+
+
+@case("logplus_broadcast", (4, 3, 5))
+def _logplus(w, x, rng):
+    """LogPlus (log_add_exp) with a broadcast operand; large values must not overflow."""
+    b = _rand(rng, 4, 1, 1, scale=30.0)
+    y = w.op("LogPlus", [w.op("ElementTimes", [x, w.constant(np.float32(40))]), w.parameter(b)])
+    return y, lambda t: _torch().logaddexp(t * 40, _t(b))
+
+
+@case("compare_equal_ge_le", (5,))
+def _compare_eq(w, x, rng):
+    floor = w.op("Floor", [w.op("ElementTimes", [x, w.constant(np.float32(2))])])
+    eq = w.op("Equal", [floor, w.constant(np.float32(0))])
+    ge = w.op("GreaterEqual", [x, w.constant(np.float32(0.25))])
+    le = w.op("LessEqual", [x, w.constant(np.float32(-0.25))])
+    y = w.op("Plus", [w.op("Plus", [eq, w.op("ElementTimes", [ge, w.constant(np.float32(2))])]),
+                      w.op("ElementTimes", [le, w.constant(np.float32(4))])])
+
+    def f(t):
+        return (_torch().floor(t * 2) == 0).float() + (t >= 0.25).float() * 2 + (t <= -0.25).float() * 4
+
+    return y, f
+
+
 @case("softmax_whole_sample", (3, 4, 5))
 def _softmax(w, x, rng):
     torch = _torch()
@@ -543,24 +582,52 @@ def _times(w: CntkWriter, W: str, x: str) -> str:
     return w.op("Times", [W, x], {"outputRank": 1, "inferInputRankToMap": Int(-1)})
 
 
+def softplus(w: CntkWriter, x: str, steepness: float) -> str:
+    """python ``softplus(x, steepness)``: Softplus Block (LogPlus(x, 0)) of steepness * x, / steepness."""
+    sx = w.op("ElementTimes", [w.constant(np.float32(steepness)), x])
+    with w.block("Softplus", [sx]) as blk:
+        w.op("LogPlus", [blk.args[0], w.constant(np.float32(0))])
+    return w.op("ElementTimes", [blk.output, w.op("Reciprocal", [w.constant(np.float32(steepness))])])
+
+
+def stabilizer(w: CntkWriter, x: str, alpha: np.ndarray, steepness: float = 4.0) -> str:
+    """``cntk.layers.Stabilizer``: x times softplus(alpha, steepness), alpha a learned scalar."""
+    beta = softplus(w, w.parameter(alpha, "alpha"), steepness)
+    with w.block("Stabilizer", [x]) as blk:
+        w.op("ElementTimes", [beta, blk.args[0]])
+    return blk.output
+
+
 def lstm_recurrence(w: CntkWriter, x: str, W: np.ndarray, H: np.ndarray, b: np.ndarray,
-                    delay: str = "PastValue") -> tuple[str, str]:
+                    delay: str = "PastValue", peepholes: dict[str, np.ndarray] | None = None,
+                    stabilizers: dict[str, np.ndarray] | None = None) -> tuple[str, str]:
     """``Recurrence(LSTM(hidden))``: W (F, 4H), H (H, 4H), b (4H,), gate blocks i, c~, f, o
-    (cntk.layers.LSTM's order). Returns the h and c sequences."""
+    (cntk.layers.LSTM's order). ``peepholes`` {Ci, Cf, Co} (H,) and ``stabilizers``
+    {dh, dc, c} (scalars alpha) as ``use_peepholes`` / ``enable_self_stabilization`` add
+    them. Returns the h and c sequences."""
     hidden = H.shape[0]
     ph, pc = w.placeholder(), w.placeholder()
     dh = w.op(delay, [ph, _zero(w)], {"offset": 1})
     dc = w.op(delay, [pc, _zero(w)], {"offset": 1})
     with w.block("LSTM", [dh, dc, x], outputs=2, name="lstm") as blk:
         a_dh, a_dc, a_x = blk.args
+
+        def stab(v: str, which: str) -> str:
+            return stabilizer(w, v, stabilizers[which]) if stabilizers else v
+
+        def peep(v: str, c: str, which: str) -> str:
+            return w.op("Plus", [v, w.op("ElementTimes", [w.parameter(peepholes[which], which), c])]) \
+                if peepholes else v
+
+        dhs, dcs = stab(a_dh, "dh"), stab(a_dc, "dc")
         proj = w.op("Plus", [w.op("Plus", [w.parameter(b, "b"), _times(w, w.parameter(W, "W"), a_x)]),
-                             _times(w, w.parameter(H, "H"), a_dh)])
-        it = w.op("Sigmoid", [_gates(w, proj, hidden, 0)])
+                             _times(w, w.parameter(H, "H"), dhs)])
+        it = w.op("Sigmoid", [peep(_gates(w, proj, hidden, 0), dcs, "Ci")])
         bit = w.op("ElementTimes", [it, w.op("Tanh", [_gates(w, proj, hidden, 1)])])
-        ft = w.op("Sigmoid", [_gates(w, proj, hidden, 2)])
+        ft = w.op("Sigmoid", [peep(_gates(w, proj, hidden, 2), dcs, "Cf")])
         bft = w.op("ElementTimes", [ft, a_dc])
         ct = w.op("Plus", [bft, bit])
-        ot = w.op("Sigmoid", [_gates(w, proj, hidden, 3)])
+        ot = w.op("Sigmoid", [peep(_gates(w, proj, hidden, 3), stab(ct, "c"), "Co")])
         ht = w.op("ElementTimes", [ot, w.op("Tanh", [ct])])
         w.op("Combine", [ht, ct])
     h, c = blk.outputs
@@ -732,6 +799,19 @@ def _lstm_last(w: CntkWriter, rng: np.random.Generator) -> tuple[list[str], dict
     return [h, logits], wts
 
 
+def _lstm_peephole_stabilized(w: CntkWriter, rng: np.random.Generator):
+    """LSTM(use_peepholes=True, enable_self_stabilization=True) over the sequence, both
+    states returned (return_full_state)."""
+    F, Hd = 3, 4
+    wts = {"W": _rand(rng, F, 4 * Hd), "H": _rand(rng, Hd, 4 * Hd), "b": _rand(rng, 4 * Hd),
+           "Ci": _rand(rng, Hd), "Cf": _rand(rng, Hd), "Co": _rand(rng, Hd),
+           "dh": np.float32(0.6), "dc": np.float32(1.3), "c": np.float32(-0.4)}
+    x = w.input((F,), "features", sequence=True)
+    h, c = lstm_recurrence(w, x, wts["W"], wts["H"], wts["b"], peepholes={k: wts[k] for k in ("Ci", "Cf", "Co")},
+                           stabilizers={k: wts[k] for k in ("dh", "dc", "c")})
+    return [h, c], wts
+
+
 def _gru(w: CntkWriter, rng: np.random.Generator):
     F, Hd = 3, 4
     wts = {"W": _rand(rng, F, 3 * Hd), "H": _rand(rng, Hd, 2 * Hd), "H1": _rand(rng, Hd, Hd), "b": _rand(rng, 3 * Hd)}
@@ -795,6 +875,28 @@ def _seq_initial_state(w: CntkWriter, rng: np.random.Generator):
     return [enc, dec, back, delayed], wts
 
 
+def _conv_rnn(w: CntkWriter, rng: np.random.Generator):
+    """A per-frame CNN feeding a recurrence: every step (2, 6, 6) goes through Convolution
+    3x3 (auto-padded) + bias, ReLU, spatial BatchNormalization and 2x2 max pooling, then an
+    RNN loop whose input projection reads the (3, 3, 3) feature maps; the last step."""
+    Hd = 4
+    wts = {"K": _rand(rng, 3, 2, 3, 3), "kb": _rand(rng, 3, 1, 1), "scale": _rand(rng, 3) + 1.0,
+           "shift": _rand(rng, 3), "mean": _rand(rng, 3), "var": (rng.random(3) + 0.5).astype(np.float32),
+           "W": _rand(rng, 3, 3, 3, Hd, scale=0.3), "H": _rand(rng, Hd, Hd), "b": _rand(rng, Hd)}
+    x = w.input((2, 6, 6), "frames", sequence=True)
+    y = w.op("Plus", [w.op("Convolution", [w.parameter(wts["K"], "K"), x], _conv_attrs((3, 3), 2)),
+                      w.parameter(wts["kb"], "kb")])
+    y = w.op("ReLU", [y])
+    y = w.op("BatchNormalization", [y, w.parameter(wts["scale"]), w.parameter(wts["shift"]), w.constant(wts["mean"]),
+                                    w.constant(wts["var"]), w.constant(np.float32(10))],
+             {"spatial": True, "epsilon": 1e-5})
+    y = w.op("Pooling", [y], {"poolingType": 0, "poolingWindowShape": shape(2, 2), "strides": shape(2, 2),
+                              "autoPadding": [False], "lowerPad": shape(0), "upperPad": shape(0), "ceilOutDim": False,
+                              "includePad": False})
+    h = rnn_recurrence(w, y, wts["W"], wts["H"], wts["b"], _zero(w))
+    return [h, sequence_last(w, h)], wts
+
+
 def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: int = 4):
     gates = {"lstm": 4, "gru": 3, "rnnTanh": 1, "rnnReLU": 1}[recurrent_op]
     dirs = 2 if bidirectional else 1
@@ -818,12 +920,14 @@ def _ornn(recurrent_op: str, layers: int, bidirectional: bool, F: int = 3, Hd: i
 RECURRENT_NETS: dict[str, Callable[[CntkWriter, np.random.Generator], tuple[list[str], dict[str, np.ndarray]]]] = {
     "lstm_last": _lstm_last,
     "gru_first": _gru,
+    "lstm_peephole_stabilized": _lstm_peephole_stabilized,
     "rnn_backward": _rnn_backward,
     "delays": _delays,
     "bilstm_stack": _bilstm_stack,
     "slices": _slices,
     "seq_initial_state": _seq_initial_state,
     "broadcast_fold": _broadcast_fold,
+    "conv_rnn": _conv_rnn,
     "ornn_lstm_bi2": _ornn("lstm", 2, True),
     "ornn_gru": _ornn("gru", 1, False),
     "ornn_gru_bi": _ornn("gru", 1, True, Hd=3),

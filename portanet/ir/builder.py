@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from portanet.ir.arrays import contiguous
 from portanet.ir.metadata import set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
 
@@ -118,7 +119,7 @@ class GraphBuilder:
         arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
         if arr.dtype == np.float64 and dtype is None:
             arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d arrays 1-d
+        arr = contiguous(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d arrays 1-d
         vname = self.unique_value_name(name)
         value = ir.Value(
             name=vname,

@@ -100,6 +100,21 @@ class Ctx:
     def i64(self, values: Any) -> ir.Value:
         return self.b.const(np.asarray(values, dtype=np.int64), name="shape")
 
+    def fold_time(self, f: Function, x: T) -> tuple[ir.Value, ir.Value | None]:
+        """For ops that need (N, C, ...) (convolution, pooling, spatial batch norm): a sequence
+        (N, T, sample...) folded to (N*T, sample...), and its (N, T) dims to unfold with
+        ``unfold_time``; other tensors unchanged (dims None)."""
+        if not x.seq:
+            return x.value, None
+        lead = self.op(f, "Shape", [x.value], {"start": 0, "end": 2})  # (2,): N, T
+        return self.op(f, "Reshape", [x.value, self.i64([-1, *x.shape])]), lead
+
+    def unfold_time(self, f: Function, y: ir.Value, lead: ir.Value, shape: tuple[int, ...], *,
+                    final: bool = False) -> ir.Value:
+        """(N*T, shape...) back to (N, T, shape...)."""
+        dims = self.op(f, "Concat", [lead, self.i64(list(shape))], {"axis": 0})
+        return self.op(f, "Reshape", [y, dims], final=final)
+
     def reshape(self, f: Function, x: T, shape: tuple[int, ...], *, final: bool = False) -> T:
         """Reshape the sample of ``x`` to ``shape`` (the batch axis is kept)."""
         target = [0] * x.lead + list(shape)

@@ -117,7 +117,10 @@ def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) 
         loop = graph.loop_of(f.uid)
         if loop is not None:
             if f.uid == loop.members[0]:
-                values.update(lower_loop(ctx, loop, operand, where))
+                try:
+                    values.update(lower_loop(ctx, loop, operand, where))
+                except ConversionError as exc:  # located at the loop's first function if not closer
+                    raise exc.located(framework=FRAMEWORK, layer=f.uid, layer_type=f.op_name, path=where) from None
             continue
         ins: list[Any] = [operand(x) for x in f.inputs]
         with b.layer(f.uid, f.op_name):

@@ -49,6 +49,11 @@ SEQUENCE_OPS = frozenset({*DELAYS, "OptimizedRNNStack", "Where", "PackedIndex", 
 _NOT_IN_LOOP = SEQUENCE_OPS - set(DELAYS)
 
 
+#: ops whose output has their operands' (broadcast) shape, followed when guessing state shapes
+_ELEMENTWISE = frozenset({"Plus", "Minus", "ElementTimes", "Negate", "Sigmoid", "StableSigmoid", "Tanh", "ReLU",
+                          "Exp", "Log", "Abs", "Pass", "NoOp", "StopGradient", "Dropout", "Select", "LogPlus"})
+
+
 def uses_time(graph: CntkGraph) -> bool:
     """Does any function read a sequence as a whole (so sequence inputs need a time axis)?"""
     return any(f.op_name in SEQUENCE_OPS for f in graph.functions)
@@ -71,6 +76,8 @@ def support_name(graph: CntkGraph, f: Function) -> str:
         rop = str(attr(f, "recurrentOp", "lstm"))
         if rop not in RECURRENT_OPS:
             return f"OptimizedRNNStack(recurrentOp={rop})"
+    if op == "Times" and int(attr(f, "inferInputRankToMap", -1)) == -3:
+        return "Times(reducing the sequence axis)"
     if op == "Where" and f.inputs:
         from portanet.converters.cntk.ops.sequence import data_independent
 
@@ -226,12 +233,16 @@ def _guess_shape(fns: dict[str, Function], d: str, operand: Callable[[str], T],
         init = operand(f.inputs[1])
         if init.rank:
             return init.shape
-    # a Times(W, delayed) in the loop: the delayed value has W's input dims
-    for g in fns.values():
-        if g.op_name == "Times" and len(g.inputs) == 2 and g.inputs[1] == f.output and g.inputs[0] not in member_outputs:
+    # a Times(W, delayed) in the loop, maybe through elementwise ops (a Stabilizer's scaling):
+    # the delayed value has W's input dims
+    reached = {f.output}
+    for g in fns.values():  # members in within-step order
+        if g.op_name == "Times" and len(g.inputs) == 2 and g.inputs[1] in reached and g.inputs[0] not in member_outputs:
             w = operand(g.inputs[0])
             r = int(attr(g, "outputRank", 1))
             return w.shape[: w.rank - r]
+        if g.op_name in _ELEMENTWISE and any(x in reached for x in g.inputs):
+            reached.add(g.output)
     return ()
 
 

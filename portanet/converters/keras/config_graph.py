@@ -19,6 +19,7 @@ so the IR is the one the Keras-based walk builds, node for node.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections import defaultdict
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from portanet.converters.keras import layout
@@ -54,6 +56,7 @@ class ConfigTensor:
 
     def __init__(self, name: str, shape: Dims | None, dtype: str | None) -> None:
         self.name = name
+        self._keras_history = name  # what the ops handlers test to tell tensors from constants
         self.known = shape is not None
         self.shape: Dims = tuple(shape) if shape is not None else ()
         self.dtype = dtype or "float32"
@@ -89,6 +92,9 @@ class ConfigLayer:
         if key.startswith("_"):
             raise AttributeError(key)
         spec = self._spec
+        derive = DERIVED.get(spec.class_name, {}).get(key)
+        if derive is not None:
+            return derive(self, key)
         if key in spec.weights:
             return spec.weights[key]()
         if key in _OPTIONAL_WEIGHTS:  # a variable this configuration does not create
@@ -96,6 +102,82 @@ class ConfigLayer:
         if key in spec.config:
             return spec.config[key]
         raise AttributeError(f"{spec.class_name} '{spec.name}' has no config entry '{key}'")
+
+
+def _normalization_stats(layer: ConfigLayer, key: str) -> np.ndarray:
+    """Normalization's ``mean``/``variance`` as Keras holds them after building: shaped to
+    broadcast against the input (kept axes at their size, the others 1), from the adapted
+    variables or from the constants of the config (aligned right to left to the kept axes)."""
+    cfg = layer._spec.config
+    shape = layer._input_shape
+    rank = len(shape)
+    axis = cfg.get("axis")
+    axes = () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+    keep = sorted(int(a) % rank for a in axes)
+    if any(shape[d] is None for d in keep):
+        raise NeedsKeras(f"Normalization '{layer.name}' over an axis of unknown size")
+    broadcast = [shape[d] if d in keep else 1 for d in range(rank)]
+    if cfg.get("mean") is None:
+        return np.reshape(layer._spec.weights[key](), broadcast)
+    value = np.asarray(cfg[key], np.float32)
+    if value.ndim == 0:
+        return np.broadcast_to(value, broadcast)
+    expanded = [1] * rank
+    for i in range(1, value.ndim + 1):
+        expanded[keep[-i]] = value.shape[-i]
+    return np.broadcast_to(value.reshape(expanded), broadcast)
+
+
+#: class -> attribute -> fn(layer, attribute): attributes Keras computes when it builds a layer
+DERIVED: dict[str, dict[str, Callable[[ConfigLayer, str], Any]]] = {
+    "Normalization": {"mean": _normalization_stats, "variance": _normalization_stats},
+}
+
+class ConfigOp:
+    """A raw keras.ops operation: its config as attributes; ``call``'s parameters are the
+    operation's (the ``ops.*`` handlers bind the node's arguments to them)."""
+
+    def __init__(self, spec: LayerSpec) -> None:
+        self._spec = spec
+        self.name = spec.name
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key not in self._spec.config:
+            raise AttributeError(key)
+        return self._spec.config[key]
+
+
+class ConfigArguments:
+    """``node.arguments`` of a raw keras.ops call."""
+
+    def __init__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+
+class ConfigNode:
+    """The graph node a raw keras.ops handler reads (``ctx.node``)."""
+
+    def __init__(self, op: ConfigOp, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.operation = op
+        self.arguments = ConfigArguments(args, kwargs)
+
+
+def _op_object(spec: LayerSpec) -> ConfigOp:
+    from portanet.converters.keras.config_reader import op_classes
+
+    key = f"ops.{spec.class_name}"
+    cls = _CLASSES.get(key)
+    if cls is None:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError("a config stand-in is never called")
+
+        # what inspect.signature(op.call) reports: exactly the operation's parameters
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        names = ("self", *op_classes()[spec.class_name])
+        call.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])  # type: ignore[attr-defined]
+        cls = _CLASSES[key] = type(spec.class_name, (ConfigOp,), {"call": call})
+    return cls(spec)
 
 
 #: variables that exist only in some configurations (None when absent, as in Keras)
@@ -315,10 +397,57 @@ def _walk(ctx: ConfigContext, scope: Scope, path: str | None) -> None:
         outs = [scope.tensor((layer.name, node.index, 0))]
         for t in outs:
             if not t.known and ins:
-                # until the handler records it: the input's rank (what Dense asks for)
-                t.shape = (None,) * len(ins[0].shape)
-        with ctx.b.layer(layer.name, layer.class_name):
-            HANDLERS.call(layer.class_name, layer.name, ctx, _layer_object(layer), ins, outs, path=path)
+                rule = OUTPUT_SHAPES.get(layer.class_name)
+                if rule is not None:  # a handler that needs the output shape before emitting
+                    t.shape, t.known = rule(layer.config, ins[0].shape), True
+                else:  # until the handler records it: the inputs' rank (what Dense asks for)
+                    t.shape = (None,) * max(len(i.shape) for i in ins)
+        kind = _kind(layer)
+        if layer.is_op:
+            obj: Any = _op_object(layer)
+
+            def bind(a: Any) -> Any:
+                return scope.tensor(a) if isinstance(a, TensorRef) else a
+
+            ctx.node = ConfigNode(obj, [bind(a) for a in node.args], {k: bind(v) for k, v in node.kwargs.items()})
+        else:
+            obj = _layer_object(layer)
+            obj._input_shape = ins[0].shape if ins else ()
+            ctx.node = None
+        with ctx.b.layer(layer.name, kind):
+            HANDLERS.call(kind, layer.name, ctx, obj, ins, outs, path=path)
+        ctx.node = None
+
+
+def _conv_transpose_shape(cfg: dict[str, Any], in_shape: Dims) -> Dims:
+    """Keras' ConvNDTranspose output shape (its conv_transpose output-length rule)."""
+    n = len(in_shape) - 2
+    last = cfg.get("data_format", "channels_last") != "channels_first"
+    sizes = in_shape[1:-1] if last else in_shape[2:]
+
+    def ints(v: Any) -> list[int]:
+        return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
+
+    pads = cfg.get("output_padding")
+    out = []
+    for i, size in enumerate(sizes):
+        k = ints(cfg["kernel_size"])[i]
+        d, s = ints(cfg.get("dilation_rate", 1))[i], ints(cfg.get("strides", 1))[i]
+        k = k + (k - 1) * (d - 1)
+        if size is None:
+            out.append(None)
+        elif pads is None:
+            out.append(size * s + max(k - s, 0) if cfg["padding"] == "valid" else size * s)
+        else:
+            pad = k // 2 if cfg["padding"] == "same" else 0
+            out.append((size - 1) * s + k - 2 * pad + ints(pads)[i])
+    filters = int(cfg["filters"])
+    return (None, *out, filters) if last else (None, filters, *out)
+
+
+#: class -> fn(config, input shape) -> output shape, for handlers reading it before emitting
+OUTPUT_SHAPES: dict[str, Callable[[dict[str, Any], Dims], Dims]] = {
+    f"Conv{d}DTranspose": _conv_transpose_shape for d in (1, 2, 3)}
 
 
 def _bind(ctx: ConfigContext, dst: ConfigTensor, src: ConfigTensor) -> None:
@@ -328,9 +457,14 @@ def _bind(ctx: ConfigContext, dst: ConfigTensor, src: ConfigTensor) -> None:
     ctx.alias(dst, src)
 
 
+def _kind(layer: LayerSpec) -> str:
+    """The handler key (and provenance type): the class name, ``ops.<name>`` for raw ops."""
+    return f"ops.{layer.class_name}" if layer.is_op else layer.class_name
+
+
 def _producer_type(model: ModelSpec, ref: TensorRef) -> str:
     layer = model.layers[ref.layer]
-    return layer.model.class_name if layer.model is not None else layer.class_name
+    return layer.model.class_name if layer.model is not None else _kind(layer)
 
 
 def convert_spec(model: ModelSpec, options: ConvertOptions, *, source_files: list[Any],
@@ -338,7 +472,7 @@ def convert_spec(model: ModelSpec, options: ConvertOptions, *, source_files: lis
     """The IR of a ``ModelSpec`` (the same graph ``graph.convert_model`` builds from Keras)."""
     from portanet.converters.keras.ops import HANDLERS
 
-    plugged = sorted({layer.class_name for layer in _all_layers(model)} & set(HANDLERS.plugins))
+    plugged = sorted({_kind(layer) for layer in _all_layers(model)} & set(HANDLERS.plugins))
     if plugged:
         raise NeedsKeras(f"plugin handlers for {', '.join(plugged)} (plugins receive Keras layers)")
     b = GraphBuilder(FRAMEWORK, name=model.name)

@@ -8,9 +8,12 @@ Two containers are understood:
   ones, each in creation order). Groups are keyed by the layer's class name in snake case
   (``conv2d``, ``conv2d_1``, ...); Keras 3.4+ also records the layer's own name as the
   ``name`` attribute of its ``vars`` group, which is what this reader uses.
-* legacy HDF5 ``.h5`` (Keras 3's ``model.save("m.h5")``): the config is the ``model_config``
-  attribute, weights are ``model_weights/<layer>/<weight name>`` listed by the group's
-  ``weight_names`` attribute (``conv1/kernel``, ``inner/conv1/kernel`` inside a nested model).
+* legacy HDF5 ``.h5`` (Keras 3's ``model.save("m.h5")`` and tf.keras 2.x files): the config is
+  the ``model_config`` attribute, weights are ``model_weights/<layer>/<weight name>`` listed,
+  in the layer's weight order, by the group's ``weight_names`` attribute (``conv1/kernel``,
+  ``inner/conv1/kernel`` inside a nested model; tf.keras adds ``:0``). Keras 2 configs list a
+  call's inputs as ``[[layer, node, index, kwargs], ...]`` and record no tensor shapes (they
+  are inferred from the IR as the walk goes).
 
 ``read_model`` turns the config into a ``ModelSpec`` graph (layers, call nodes, tensor
 references with the shapes Keras recorded) for ``config_graph.py``. Anything this reader
@@ -68,6 +71,8 @@ _spec(lambda cfg: ["depthwise_kernel", "pointwise_kernel", *_bias(cfg)], "Separa
 _spec(lambda cfg: [*_norm_params(cfg), "moving_mean", "moving_variance"], "BatchNormalization")
 _spec(_norm_params, "LayerNormalization", "GroupNormalization")
 _spec(lambda cfg: ["alpha"], "PReLU")
+# adapted statistics are variables; statistics given to the constructor live in the config
+_spec(lambda cfg: ["mean", "variance", "count"] if cfg.get("mean") is None else [], "Normalization")
 _spec(lambda cfg: ["embeddings"], "Embedding")
 _spec(_NONE, "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
       "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
@@ -78,8 +83,17 @@ _spec(_NONE, "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
       "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
       "GaussianDropout", "AlphaDropout", "ActivityRegularization", "UnitNormalization", "Rescaling")
 
+#: config entries older (Keras 2) configs may lack, with the value Keras 3 assumes
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    **{c: {"groups": 1} for c in ("Conv1D", "Conv2D", "Conv3D")},
+    **{f"Global{k}Pooling{d}D": {"keepdims": False} for k in ("Average", "Max") for d in (1, 2, 3)},
+}
+#: Keras 2 config keys Keras 3 renamed (old -> new)
+CONFIG_RENAMES: dict[str, dict[str, str]] = {"LeakyReLU": {"alpha": "negative_slope"}}
+
 #: variables Keras creates non-trainable, per class
-NON_TRAINABLE: dict[str, tuple[str, ...]] = {"BatchNormalization": ("moving_mean", "moving_variance")}
+NON_TRAINABLE: dict[str, tuple[str, ...]] = {"BatchNormalization": ("moving_mean", "moving_variance"),
+                                             "Normalization": ("mean", "variance", "count")}
 
 
 def supported_classes() -> list[str]:
@@ -162,6 +176,8 @@ class TensorRef:
     index: int
     shape: tuple[int | None, ...] | None = None
     dtype: str | None = None
+    #: written in the Keras 2 list format (which counts a nested Functional's own node)
+    legacy: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -175,6 +191,9 @@ class NodeSpec:
     layer: str
     index: int
     inputs: list[TensorRef]
+    #: a raw keras.ops call: its positional arguments (TensorRefs and constants) and keywords
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,6 +202,8 @@ class LayerSpec:
     class_name: str
     config: dict[str, Any]
     nodes: list[NodeSpec] = field(default_factory=list)
+    #: a raw keras.ops operation (handled as ``ops.<class_name>``) rather than a layer
+    is_op: bool = False
     #: a nested model used as a layer
     model: ModelSpec | None = None
     #: weight name -> zero-argument reader of the array
@@ -214,8 +235,10 @@ def _keras_tensor(obj: Any) -> TensorRef | None:
 
 def _node_inputs(node: Any, layer: str) -> list[TensorRef]:
     """The tensors of one inbound node (Keras 3 format: ``{"args": [...], "kwargs": {...}}``)."""
+    if isinstance(node, list):
+        return _legacy_node_inputs(node, layer)
     if not isinstance(node, dict) or "args" not in node:
-        raise NeedsKeras(f"layer '{layer}': an inbound node in the Keras 2 format")
+        raise NeedsKeras(f"layer '{layer}': an inbound node of an unknown format")
     refs: list[TensorRef] = []
     args = node.get("args") or []
     for arg in args:
@@ -228,6 +251,42 @@ def _node_inputs(node: Any, layer: str) -> list[TensorRef]:
     for key, value in (node.get("kwargs") or {}).items():
         if _contains_tensor(value):
             raise NeedsKeras(f"layer '{layer}': a tensor passed as '{key}='")
+    return refs
+
+
+def _op_node(node: Any, layer: str, index: int) -> NodeSpec:
+    """A raw keras.ops call: tensors and constants (numbers, ``__tensor__``/``__numpy__``
+    arrays) as positional arguments, constant keywords."""
+    if not isinstance(node, dict) or "args" not in node:
+        raise NeedsKeras(f"operation '{layer}': an inbound node of an unknown format")
+
+    def value(obj: Any) -> Any:
+        ref = _keras_tensor(obj)
+        if ref is not None:
+            return ref
+        if isinstance(obj, dict) and obj.get("class_name") in ("__tensor__", "__numpy__"):
+            cfg = obj.get("config") or {}
+            return np.asarray(cfg.get("value"), dtype=cfg.get("dtype") or None)
+        if isinstance(obj, bool | int | float) or obj is None:
+            return obj
+        raise NeedsKeras(f"operation '{layer}': an argument {json.dumps(obj)[:60]}")
+
+    args = [value(a) for a in node.get("args") or []]
+    kwargs = {k: value(v) for k, v in (node.get("kwargs") or {}).items()}
+    refs = [a for a in [*args, *kwargs.values()] if isinstance(a, TensorRef)]
+    return NodeSpec(layer, index, refs, args, kwargs)
+
+
+def _legacy_node_inputs(node: list, layer: str) -> list[TensorRef]:
+    """Keras 2: ``[[layer, node, index, kwargs], ...]``, kwargs holding no tensors."""
+    refs = []
+    for entry in node:
+        if not (isinstance(entry, list) and len(entry) in (3, 4) and isinstance(entry[0], str)):
+            raise NeedsKeras(f"layer '{layer}': an inbound node entry {entry!r:.60}")
+        kwargs = entry[3] if len(entry) == 4 else {}
+        if not isinstance(kwargs, dict) or any(isinstance(v, list | dict) for v in kwargs.values()):
+            raise NeedsKeras(f"layer '{layer}': call arguments {kwargs!r:.60}")
+        refs.append(TensorRef(entry[0], int(entry[1]), int(entry[2]), legacy=True))
     return refs
 
 
@@ -259,11 +318,31 @@ def _check_class(entry: dict[str, Any]) -> None:
         raise NeedsKeras(f"layer '{name}' is a registered class '{registered}'")
     if cls in MODEL_CLASSES or cls == "InputLayer":
         return
+    if is_op(entry):
+        if cls not in op_classes():
+            raise NeedsKeras(f"keras.ops call '{name}' ({cls}; the config reader converts "
+                             f"{len(op_classes())} elementwise operations)")
+        return
     if cls not in _SPECS:
         raise NeedsKeras(f"layer '{name}' of class {cls} (the config reader knows {len(_SPECS)} classes)")
     why = _config_refusal(cls, entry.get("config") or {})
     if why:
         raise NeedsKeras(f"layer '{name}' ({cls}) with {why}")
+
+
+def is_op(entry: dict[str, Any]) -> bool:
+    """A raw keras.ops call recorded in a functional graph (not a layer)."""
+    return str(entry.get("module", "")).startswith(("keras.src.ops", "keras.ops"))
+
+
+def op_classes() -> dict[str, tuple[str, ...]]:
+    """keras.ops operations the config reader converts -> the parameter names of their
+    ``call`` (what the ``ops.*`` handlers bind the node's arguments to): the elementwise ones,
+    whose attributes are all in their config."""
+    from portanet.converters.keras.ops import keras_ops
+
+    unary = {name: ("x",) for name in [*keras_ops._UNARY, *keras_ops._COMPOSITE]}
+    return {**unary, **{name: ("x1", "x2") for name in keras_ops._BINARY}}
 
 
 def _input_shape(cfg: dict[str, Any]) -> tuple[int | None, ...]:
@@ -290,10 +369,17 @@ def parse_model(entry: dict[str, Any], trainable: bool = True) -> ModelSpec:
     for item in cfg["layers"]:
         layer = _parse_layer(item, trainable)
         for i, node in enumerate(item.get("inbound_nodes") or []):
-            layer.nodes.append(NodeSpec(layer.name, i, _node_inputs(node, layer.name)))
+            layer.nodes.append(_op_node(node, layer.name, i) if layer.is_op
+                               else NodeSpec(layer.name, i, _node_inputs(node, layer.name)))
         layers[layer.name] = layer
     model = ModelSpec(name, "Functional", layers, _endpoint_refs(cfg.get("input_layers"), "inputs"),
                       _endpoint_refs(cfg.get("output_layers"), "outputs"), trainable)
+    for layer in layers.values():
+        for node in layer.nodes:
+            for ref in node.inputs:
+                target = layers.get(ref.layer)
+                if ref.legacy and target is not None and target.class_name in ("Functional", "Model"):
+                    ref.node -= 1  # see below
     for ref in model.inputs + model.outputs:
         if ref.layer not in layers:
             raise NeedsKeras(f"model input/output refers to an unknown layer '{ref.layer}'")
@@ -309,9 +395,12 @@ def parse_model(entry: dict[str, Any], trainable: bool = True) -> ModelSpec:
 def _parse_layer(item: dict[str, Any], trainable: bool) -> LayerSpec:
     _check_class(item)
     cls = str(item["class_name"])
-    cfg = dict(item.get("config") or {})
+    cfg = {**CONFIG_DEFAULTS.get(cls, {}), **(item.get("config") or {})}
+    for old, new in CONFIG_RENAMES.get(cls, {}).items():
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg.pop(old)
     name = str(cfg.get("name", item.get("name")))
-    layer = LayerSpec(name, cls, cfg, trainable=trainable and bool(cfg.get("trainable", True)))
+    layer = LayerSpec(name, cls, cfg, trainable=trainable and bool(cfg.get("trainable", True)), is_op=is_op(item))
     if cls in MODEL_CLASSES:
         layer.model = parse_model(item, trainable)
         layer.model.name = name
@@ -431,32 +520,31 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
         name = vars_group.attrs.get("name") if vars_group is not None else None
         if name is None:
             raise NeedsKeras(f"weights group {where}layers/{key} without the layer name (an older Keras 3 file)")
-        by_name[name.decode() if isinstance(name, bytes) else str(name)] = entry
+        by_name[name.decode() if isinstance(name, bytes) else str(name)] = (entry, vars_group)
     for layer in model.layers.values():
-        entry = by_name.get(layer.name)
+        entry, stored = by_name.get(layer.name, (None, None))
         if layer.model is not None:
             if entry is None:
                 raise NeedsKeras(f"no weights group for nested model '{layer.name}'")
             _attach_keras3_weights(layer.model, entry, f"{where}layers/{layer.name}/")
             continue
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" or layer.is_op:
             continue
         want = weight_names(layer.class_name, layer.config)
-        stored = entry.get("vars") if entry is not None else None
-        count = len(stored) if stored is not None else 0
-        if count != len(want):
-            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {count} saved variables, "
+        datasets = [stored[str(i)] for i in range(len(stored))] if stored is not None else []
+        if len(datasets) != len(want):
+            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {len(datasets)} saved variables, "
                              f"expected {len(want)} ({', '.join(want) or 'none'})")
-        for i, wname in enumerate(want):
-            layer.weights[wname] = _dataset_reader(stored[str(i)])
-        check_weight_shapes(layer, {w: stored[str(i)].shape for i, w in enumerate(want)})
+        for wname, ds in zip(want, datasets):
+            layer.weights[wname] = _dataset_reader(ds)
+        check_weight_shapes(layer, {w: ds.shape for w, ds in zip(want, datasets)})
 
 
 def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...] = ()) -> None:
     """Bind ``model_weights/<layer>/<weight name>`` (names like ``conv1/kernel`` or, inside a
     nested model, ``inner/conv1/kernel``) to the layers."""
     for layer in model.layers.values():
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" or layer.is_op:
             continue
         top = prefix[0] if prefix else layer.name
         if top not in group:
@@ -468,18 +556,17 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
             _attach_legacy_weights(layer.model, group, (*prefix, layer.name) if prefix else (layer.name,))
             continue
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in entry.attrs.get("weight_names", [])]
-        mine = {}
-        for full in names:
-            parts = re.sub(r":\d+$", "", full).split("/")
-            if len(parts) >= 2 and parts[-2] == layer.name:
-                mine[parts[-1]] = entry[full]
+        if prefix:  # a nested model's group lists every inner layer's weights: keep this layer's
+            names = [n for n in names if n.split("/")[-2:-1] == [layer.name]]
         want = weight_names(layer.class_name, layer.config)
-        if sorted(mine) != sorted(want):
-            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has weights {sorted(mine)}, "
-                             f"expected {want}")
+        if len(names) != len(want):
+            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has weights {names}, expected {want}")
+        # Keras loads these by position (the variable names differ across versions, e.g. a
+        # Keras 2 DepthwiseConv2D's depthwise_kernel is Keras 3's kernel)
+        stored = {w: entry[n] for w, n in zip(want, names)}
         for wname in want:
-            layer.weights[wname] = _dataset_reader(mine[wname])
-        check_weight_shapes(layer, {w: mine[w].shape for w in want})
+            layer.weights[wname] = _dataset_reader(stored[wname])
+        check_weight_shapes(layer, {w: d.shape for w, d in stored.items()})
 
 
 @contextlib.contextmanager

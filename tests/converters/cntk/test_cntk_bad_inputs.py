@@ -127,6 +127,21 @@ def test_unsupported_recurrence_cli_exit_2_no_output(tmp_path: Path):
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
 
 
+def test_initial_state_of_the_wrong_shape_is_located(tmp_path: Path):
+    """A (2,) initial state for a (3,) recurrence: refused in one line at a function of the loop."""
+    w = CntkWriter()
+    x = w.input((3,), sequence=True)
+    p = w.placeholder()
+    delay = w.op("PastValue", [p, w.constant(np.zeros(2, np.float32))], {"offset": 1})  # (2,) for (3,)
+    h = w.op("Tanh", [w.op("Plus", [x, delay])])
+    w.bind(p, h)
+    path = w.save(tmp_path / "badinit.model", h)
+    with pytest.raises(ConversionError) as ei:
+        convert_paths([path])
+    msg = _one_line(ei.value)
+    assert str(path) in msg and "cntk layer '" in msg and "[2]" in msg and "broadcast" in msg
+
+
 def test_cycle_without_a_delay_is_corrupt(tmp_path: Path):
     w = CntkWriter()
     x = w.input((2,), sequence=True)

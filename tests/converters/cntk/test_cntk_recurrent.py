@@ -8,6 +8,9 @@ here from CNTK's documented semantics, independently of the converter:
   ``future_value``: y_t = x_{t+k}, ``initial_state`` for t + k >= T (CNTK API docs).
 - ``cntk.layers.LSTM``: proj = b + x W + h_{t-1} H, gate blocks (i, c~, f, o);
   c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(c~), h_t = sigmoid(o) tanh(c_t); zero states.
+  With peepholes, Ci/Cf times the (stabilized) c_{t-1} join i/f, Co times the (stabilized)
+  c_t joins o; a Stabilizer multiplies by softplus(alpha, steepness 4) =
+  log(1 + exp(4 alpha)) / 4 (on h_{t-1}, c_{t-1} and c_t).
 - ``cntk.layers.GRU``: z, r = sigmoid(x W_{z,r} + b_{z,r} + h_{t-1} H_{z,r}),
   c~ = tanh(x W_c + b_c + (r h_{t-1}) H1), h_t = (1 - z) c~ + z h_{t-1}.
 - ``cntk.layers.RNNStep``: h_t = tanh(x W + h_{t-1} H + b) (``go_backwards``: h_{t+1}).
@@ -16,6 +19,8 @@ here from CNTK's documented semantics, independently of the converter:
 - ``sequence.slice(x, b, e)``: steps b..e-1 (negative from the end, e = 0 the end), a new
   sequence; ``sequence.last`` / ``sequence.first``: the last / first step (length 1);
   ``sequence.reduce_sum``: the sum over the steps (a sequence of length 1).
+- ``conv_rnn``: a per-frame CNN (PyTorch's conv2d/batch_norm/max_pool2d in float64, CNTK's
+  auto-padding for a stride-1 3x3 kernel being 1 on each side) feeding ``RNNStep``.
 - ``optimized_rnnstack``: NVIDIA cuDNN's RNN equations (cudnnRNNMode_t: LSTM i, f, c~, o;
   GRU r, z, h~ with the reset gate applied to (R h + b_R); tanh/ReLU RNN), the parameter
   vector packed as CNTK's ``cntk.misc.converter`` reads it (per layer and direction W then R,
@@ -45,19 +50,27 @@ def sigmoid(v: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ numpy references (float64)
-def ref_lstm(x: np.ndarray, W, H, b) -> np.ndarray:
+def softplus(v, steepness: float = 4.0):
+    return np.log1p(np.exp(steepness * v)) / steepness
+
+
+def ref_lstm(x: np.ndarray, W, H, b, peep=None, stab=None, full_state=False):
     n, t_len, _ = x.shape
     hid = H.shape[0]
     h = np.zeros((n, hid))
     c = np.zeros((n, hid))
-    hs = []
+    hs, cs = [], []
+    beta = {k: softplus(v) for k, v in (stab or {}).items()} or {"dh": 1.0, "dc": 1.0, "c": 1.0}
+    ci, cf, co = (peep["Ci"], peep["Cf"], peep["Co"]) if peep else (0.0, 0.0, 0.0)
     for t in range(t_len):
-        p = b + x[:, t] @ W + h @ H
+        p = b + x[:, t] @ W + (beta["dh"] * h) @ H
         i, cc, f, o = (p[:, k * hid:(k + 1) * hid] for k in range(4))
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(cc)
-        h = sigmoid(o) * np.tanh(c)
+        dcs = beta["dc"] * c
+        c = sigmoid(f + cf * dcs) * c + sigmoid(i + ci * dcs) * np.tanh(cc)
+        h = sigmoid(o + co * beta["c"] * c) * np.tanh(c)
         hs.append(h)
-    return np.stack(hs, 1)
+        cs.append(c)
+    return (np.stack(hs, 1), np.stack(cs, 1)) if full_state else np.stack(hs, 1)
 
 
 def ref_gru(x, W, H, H1, b) -> np.ndarray:
@@ -184,10 +197,26 @@ def reference(m: RecurrentZooModel, feeds: dict[str, np.ndarray]) -> list[np.nda
         x, ctx_vec = feeds["features"].astype(np.float64), feeds["context"].astype(np.float64)
         running = np.maximum.accumulate(np.maximum(x, 0.0), axis=1)  # Fold(element_max), initial state 0
         return [x + ctx_vec[:, None], running[:, -1:], (x >= 0).astype(np.float64)]
+    if m.name == "conv_rnn":
+        import torch
+        import torch.nn.functional as F
+
+        (frames,) = feeds.values()
+        n, t_len = frames.shape[:2]
+        f = torch.from_numpy(frames.reshape(n * t_len, 2, 6, 6)).double()
+        wt = {k: torch.from_numpy(v).double() for k, v in w.items()}
+        y = F.relu(F.conv2d(f, wt["K"], padding=1) + wt["kb"])
+        y = F.batch_norm(y, wt["mean"], wt["var"], wt["scale"], wt["shift"], False, 0.0, 1e-5)
+        y = F.max_pool2d(y, 2).reshape(n, t_len, 27).numpy()
+        h = ref_rnn(y, w["W"].reshape(27, -1), w["H"], w["b"], 0.0)
+        return [h, h[:, -1:]]
     (x,) = (v.astype(np.float64) for v in feeds.values())
     if m.name == "lstm_last":
         h = ref_lstm(x, w["W"], w["H"], w["b"])
         return [h, h[:, -1:] @ w["Wd"] + w["bd"]]
+    if m.name == "lstm_peephole_stabilized":
+        return list(ref_lstm(x, w["W"], w["H"], w["b"], peep=w, stab={k: w[k] for k in ("dh", "dc", "c")},
+                             full_state=True))
     if m.name == "gru_first":
         h = ref_gru(x, w["W"], w["H"], w["H1"], w["b"])
         return [h, h[:, :1]]

@@ -66,6 +66,19 @@ for _cntk, _onnx in BINARY.items():
     HANDLERS.register(_cntk)(_binary(_onnx))
 
 
+@HANDLERS.register("LogPlus")
+def log_plus(ctx: Ctx, f: Function, ins: list[T]) -> T:
+    """log(exp(a) + exp(b)) (CNTK's LogAddExp; ``softplus`` is a Block of it), computed as
+    max(a, b) + softplus(-|a - b|) so large operands do not overflow."""
+    if len(ins) != 2:
+        raise ConversionError(f"expected 2 inputs, received {len(ins)}")
+    a, b = align(ctx, f, ins[0], ins[1])
+    shape = broadcast_shape(f, a.shape, b.shape)
+    gap = ctx.op(f, "Neg", [ctx.op(f, "Abs", [ctx.op(f, "Sub", [a.value, b.value])])])
+    y = ctx.op(f, "Add", [ctx.op(f, "Max", [a.value, b.value]), ctx.op(f, "Softplus", [gap])], final=True)
+    return dynamic_of(f, a, b).like(y, shape)
+
+
 #: CNTK comparisons -> (ONNX op, negate): CNTK returns 1.0 / 0.0 in the operands' type
 COMPARISONS = {"Equal": ("Equal", False), "NotEqual": ("Equal", True), "Less": ("Less", False),
                "LessEqual": ("LessOrEqual", False), "Greater": ("Greater", False),

@@ -40,14 +40,16 @@ def batch_norm(ctx: Ctx, f: Function, ins: list[T]) -> T:
     x, scale, bias, mean, var = ins[:5]
     eps = float(attr(f, "epsilon", 0.0) or 0.0)
     spatial = bool(attr(f, "spatial", False))
-    if spatial and x.seq:
-        raise ConversionError("spatial batch normalization of a sequence is not supported")
     if spatial:
         if x.rank < 1:
             raise ConversionError(f"spatial batch normalization needs a channel axis, received shape {list(x.shape)}")
         c = (x.shape[0],)
         params = [_param(ctx, f, t, c, n).value for t, n in
                   ((scale, "scale"), (bias, "bias"), (mean, "mean"), (var, "variance"))]
+        if x.seq:  # every step normalized on its own: (N, T, C, ...) -> (N*T, C, ...)
+            folded, lead = ctx.fold_time(f, x)
+            y = ctx.op(f, "BatchNormalization", [folded, *params], {"epsilon": eps})
+            return x.like(ctx.unfold_time(f, y, lead, x.shape, final=True), x.shape)
         if x.batched and x.rank >= 1:
             y = ctx.op(f, "BatchNormalization", [x.value, *params], {"epsilon": eps}, final=True)
             return T(y, x.shape, True)
