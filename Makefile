@@ -10,7 +10,9 @@ MXSTAMP := $(MXVENV)/.installed
 CAFFE_VENDOR ?= ../shared/vendor/caffe
 CAFFEDIR := .venv-caffe
 CAFFE_DEPS ?=
-PYTEST_ARGS ?=
+# two pytest-xdist workers, one test file per worker at a time (module fixtures built once);
+# the model caches are built once under file locks. Serial: make test PYTEST_ARGS=
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo test install mxnet-env caffe-env lint clean
 
