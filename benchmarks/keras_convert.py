@@ -4,10 +4,11 @@ ONNX Runtime latency of both outputs, in one run. Prints times and ratios (no as
     python benchmarks/keras_convert.py [--size 224] [--runs 30] [--threads 2] [--whole-process-only]
 
 First, whole processes from a saved ``resnet50.keras``: ``portanet convert resnet50.keras``
-(the CLI: Keras on its torch backend, no TensorFlow) vs a process that loads the file in Keras
-on TensorFlow and converts it with tf2onnx ``from_function`` — wall time and peak resident
-memory of each process, and their ratios (targets <= 0.1x and <= 0.15x). Then, in this
-process: conversion time of the in-memory model and ONNX Runtime latency of both outputs.
+(the CLI: the file's config and HDF5 weights, no Keras, TensorFlow or torch) vs a process
+that loads the file in Keras on TensorFlow and converts it with tf2onnx ``from_function``
+— wall time and peak resident memory of each process, and their ratios (targets <= 0.1x and
+<= 0.15x). Then, in this process: conversion time of the in-memory model and ONNX Runtime
+latency of both outputs.
 
 Target: portanet converts >= 5x faster and its output runs no slower than tf2onnx's.
 """

@@ -6,7 +6,8 @@ ONNX Runtime on portanet's output vs ONNX Runtime on torch.onnx's output.
 The model is ``nn.LSTM(units, units, num_layers=2, bidirectional=True, batch_first=True)``
 (batch 32, 50 steps, 128 units by default), converted by ``portanet.convert``. Measured:
 
-* inference: native module vs the lowered TorchModule (no_grad), median of ``repeat`` runs;
+* inference: native module vs the lowered TorchModule (no_grad), median of ``repeat`` runs
+  each, the two timed alternately so that both see the same machine load;
 * training step: forward, sum-of-squares loss, backward, SGD step, same median;
 * ONNX Runtime (CPU) on portanet's optimized output vs on ``torch.onnx.export(dynamo=True)``.
 
@@ -24,15 +25,20 @@ from collections.abc import Callable
 import numpy as np
 
 
-def _median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
+def _median_seconds(ref: Callable[[], object], ours: Callable[[], object], repeat: int,
+                    warmup: int = 3) -> tuple[float, float]:
+    """Median seconds of ``ref`` and of ``ours``, timed alternately (ref, ours, ref, ...) so
+    that both see the same load on a shared machine."""
     for _ in range(warmup):
-        fn()
-    times = []
+        ref()
+        ours()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in zip((ref, ours), times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -107,16 +113,15 @@ def main() -> None:
     in_theirs = sess_theirs.get_inputs()[0].name
     np.testing.assert_allclose(sess_ours.run(None, {in_ours: feeds["x"]})[0],
                                sess_theirs.run(None, {in_theirs: feeds["x"]})[0], rtol=1e-4, atol=1e-5)
-    t_theirs = _median_seconds(lambda: sess_theirs.run(None, {in_theirs: feeds["x"]}), args.repeat)
-    t_ours = _median_seconds(lambda: sess_ours.run(None, {in_ours: feeds["x"]}), args.repeat)
+    t_theirs, t_ours = _median_seconds(lambda: sess_theirs.run(None, {in_theirs: feeds["x"]}),
+                                       lambda: sess_ours.run(None, {in_ours: feeds["x"]}), args.repeat)
     ort_row = ("ONNX Runtime inference (vs torch.onnx output)", t_theirs, t_ours)
 
     rows = []
     for what, make in (("inference", infer), ("training step", train_step)):
         native.train(what != "inference")
         ours.train(what != "inference")
-        t_native = _median_seconds(make(native), args.repeat)
-        t_ours = _median_seconds(make(ours), args.repeat)
+        t_native, t_ours = _median_seconds(make(native), make(ours), args.repeat)
         rows.append((f"torch backend {what}", t_native, t_ours))
     rows.append(ort_row)
 

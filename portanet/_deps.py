@@ -12,6 +12,7 @@ _EXTRA = {
     "tensorflow": ("tensorflow-cpu", "tf"),
     "keras": ("tensorflow-cpu", "tf"),
     "tf2onnx": ("tf2onnx", "tf"),
+    "h5py": ("h5py", "keras-files"),
     "cv2": ("opencv-python-headless", "caffe-ref"),
     "matplotlib": ("matplotlib", "torch"),
     "openvino": ("openvino", "openvino"),

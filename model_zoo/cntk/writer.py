@@ -178,9 +178,11 @@ class CntkWriter:
         self.variables.append(d)
         return uid
 
-    def input(self, np_shape: Sequence[int], name: str = "input", *, sequence: bool = False) -> str:
-        """An Input variable with the batch axis (and the sequence axis if ``sequence``)."""
-        dyn = [SEQUENCE_AXIS, BATCH_AXIS] if sequence else [BATCH_AXIS]
+    def input(self, np_shape: Sequence[int], name: str = "input", *, sequence: bool | str = False) -> str:
+        """An Input variable with the batch axis (and the sequence axis if ``sequence``; a
+        string names a sequence axis of its own, like ``Axis.new_unique_dynamic_axis``)."""
+        seq = Axis(INT_MAX, sequence, True) if isinstance(sequence, str) else SEQUENCE_AXIS
+        dyn = [seq, BATCH_AXIS] if sequence else [BATCH_AXIS]
         return self._var("Input", 0, np_shape, name, dynamic=dyn)
 
     def parameter(self, array: np.ndarray, name: str = "") -> str:
@@ -207,10 +209,27 @@ class CntkWriter:
             self._block_stack[-1].append(uid)
         return f"{uid}_Output_0"
 
+    def placeholder(self) -> str:
+        """A forward declaration (CNTK's ``placeholder``/``ForwardDeclaration``): use it as an
+        operand now, ``bind`` it to a function output later. This is how recurrent loops
+        are closed: ``PastValue(placeholder)`` feeds the cell whose output the placeholder
+        is then bound to (``Function.replace_placeholders``)."""
+        return self._var("Placeholder", 4, (), "", dynamic=[SEQUENCE_AXIS, BATCH_AXIS])
+
+    def bind(self, placeholder: str, output: str) -> None:
+        """Replace ``placeholder`` by ``output`` wherever it is an operand, and drop it."""
+        for d in self.functions:
+            d["inputs"] = [output if x == placeholder else x for x in d["inputs"]]
+            if "block_function_composite_arguments_map_values" in d:
+                vals = d["block_function_composite_arguments_map_values"]
+                d["block_function_composite_arguments_map_values"] = [output if x == placeholder else x for x in vals]
+        self.variables = [v for v in self.variables if v["uid"] != placeholder]
+
     @contextlib.contextmanager
-    def block(self, op_name: str, args: Sequence[str], name: str = "") -> Iterator[_BlockHandle]:
+    def block(self, op_name: str, args: Sequence[str], name: str = "", outputs: int = 1) -> Iterator[_BlockHandle]:
         """A ``cntk.layers``-style Block: inner ops see Placeholders bound to ``args``; the
-        Block's output is the last inner op's output (read ``handle.output`` after the block)."""
+        Block's output is the last inner op's output (read ``handle.output`` after the block).
+        A Block with several ``outputs`` ends with a Combine of them (``handle.outputs``)."""
         placeholders = [self._var("Placeholder", 4, (), "", dynamic=[BATCH_AXIS]) for _ in args]
         handle = _BlockHandle(placeholders)
         self._block_stack.append([])
@@ -237,6 +256,7 @@ class CntkWriter:
         if self._block_stack:
             self._block_stack[-1].append(uid)
         handle.output = f"{uid}_Output_0"
+        handle.outputs = [f"{uid}_Output_{i}" for i in range(outputs)]
 
     def model(self, root_output: str | Sequence[str], name: str = "") -> dict[str, Any]:
         """The top-level CompositeFunction dictionary (several outputs -> a Combine root)."""
@@ -262,3 +282,4 @@ class _BlockHandle:
     def __init__(self, placeholders: list[str]) -> None:
         self.args = placeholders
         self.output = ""
+        self.outputs: list[str] = []

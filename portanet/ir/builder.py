@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from portanet.ir.arrays import contiguous
 from portanet.ir.metadata import set_model_metadata
 from portanet.ir.provenance import SOURCE_KEY, SOURCE_TYPE_KEY
 
@@ -118,7 +119,7 @@ class GraphBuilder:
         arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
         if arr.dtype == np.float64 and dtype is None:
             arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d arrays 1-d
+        arr = contiguous(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d arrays 1-d
         vname = self.unique_value_name(name)
         value = ir.Value(
             name=vname,
@@ -247,3 +248,51 @@ def _unique(hint: str, used: set[str]) -> str:
         i += 1
     used.add(name)
     return name
+
+
+class SubgraphBuilder(GraphBuilder):
+    """Builds the body graph of a control-flow node (``Scan``, ``Loop``, ``If``) with the same
+    calls as the main graph's builder, so an importer's op handlers can emit into a body.
+
+    Value and node names are shared with (unique across) the parent: ONNX forbids a subgraph
+    value shadowing an outer one. Initializers and constants go to the *parent* graph and
+    the body reads them as outer-scope values (every runtime supports that, and the weights
+    stay trainable parameters of the main graph). Body inputs are declared with
+    ``add_input``, body outputs with ``add_output``; ``graph()`` returns the ``ir.Graph`` to
+    put in the control-flow node's attribute::
+
+        body = SubgraphBuilder(b, name="loop_step")
+        h = body.add_input("h_prev", [BATCH, 8])
+        x_t = body.add_input("x_t", [BATCH, 4])
+        with body.layer("cell", "LSTM"):
+            h_new = body.op("Tanh", [body.op("Add", [h, x_t])])
+        body.add_output(h_new)
+        b.op("Scan", [h0, x], {"body": ir.AttrGraph("body", body.graph()), "num_scan_inputs": 1}, outputs=1)
+    """
+
+    def __init__(self, parent: GraphBuilder, *, name: str = "body") -> None:
+        super().__init__(parent.framework, name=parent.unique_value_name(name), opset=parent.opset)
+        self.parent = parent
+        self._value_names = parent._value_names
+        self._node_names = parent._node_names
+        self._layer = parent.current_layer
+
+    def initializer(self, name: str, array: np.ndarray | Any, dtype: Any = None) -> ir.Value:
+        """Stored in the parent graph; the body reads it as an outer-scope value."""
+        return self.parent.initializer(name, array, dtype)
+
+    def const(self, array: Any, dtype: Any = None, name: str = "const") -> ir.Value:
+        return self.parent.const(array, dtype, name)
+
+    def add_output(self, value: ir.Value, name: str | None = None) -> ir.Value:
+        """Mark ``value`` as a body output. A body output that is not computed by a body node
+        (a body input, an outer value, a repeated output) goes through an Identity."""
+        produced = value.producer() is not None and value.producer() in self.nodes
+        if not produced or value in self.outputs:
+            value = self.op("Identity", [value], outputs=[name or f"{value.name}_out"])
+        self.outputs.append(value)
+        return value
+
+    def graph(self) -> ir.Graph:
+        """The body graph (no initializers of its own, no opset imports: it inherits them)."""
+        return ir.Graph(self.inputs, self.outputs, nodes=self.nodes, name=self.name)

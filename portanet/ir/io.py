@@ -31,6 +31,8 @@ from google.protobuf.message import DecodeError
 from portanet.errors import InvalidInputError, InvalidModelError
 from portanet.ir.builder import CANONICAL_OPSET, IR_VERSION
 from portanet.ir.portable import make_portable
+from portanet.ir.writer import serialize_head
+from portanet.ir.writer import write as write_streamed
 
 log = logging.getLogger(__name__)
 
@@ -326,15 +328,26 @@ def save_onnx(
         target = opset if opset is not None else model_opset(model)
         if not model.ir_version or model.ir_version < IR_VERSION:
             model.ir_version = IR_VERSION
-        ir.save(model, tmp, external_data=data_name)
-        # external tensors stay in their file: this reads and rewrites the graph only
-        proto = onnx.load(str(tmp), load_external_data=False)
+        streamed: dict | None = None
+        if data_name is None and target == model_opset(model):
+            # the large weights are written straight from their arrays (writer.py)
+            proto, streamed = serialize_head(model)
+        elif data_name is None:
+            # what ir.save would write, without writing it and reading it back
+            proto = ir.serde.serialize_model(model)
+        else:
+            ir.save(model, tmp, external_data=data_name)
+            # external tensors stay in their file: this reads and rewrites the graph only
+            proto = onnx.load(str(tmp), load_external_data=False)
         make_portable(proto)
         _fill_output_shapes(proto)
         if target != model_opset(model):
             proto = convert_opset(proto, target, where=str(out))
         strip_value_info(proto.graph)  # after conversion: onnx's converter writes value_info too
-        onnx.save(proto, str(tmp))
+        if streamed is not None:
+            write_streamed(proto, streamed, tmp)
+        else:
+            onnx.save(proto, str(tmp))
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as exc:

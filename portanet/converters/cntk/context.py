@@ -1,8 +1,16 @@
 """Conversion context shared by the CNTK op handlers.
 
 Every converted tensor is a ``T``: the IR value, its *sample* shape in NumPy order (CNTK's
-column-major dims reversed) and whether it carries the batch axis in front. CNTK keeps batch
-and sequence axes outside the shape; portanet folds them into one leading batch axis ``N``.
+column-major dims reversed) and which dynamic axes it carries in front. CNTK keeps the batch
+and sequence axes outside the shape; portanet puts them in front of the sample, batch first:
+
+    no dynamic axis (Parameter, Constant)        (sample...)
+    batch axis only (an Input without sequence)  (N, sample...)
+    batch and sequence axes                      (N, T, sample...)
+
+so a sequence input is an ONNX input (N, T, features...) with a symbolic time axis ``T``; the
+sequence is never folded into the batch. Inside a recurrent loop (an ONNX Scan body, see
+``loops.py``) one time step of a sequence is a batch-only tensor (N, sample...).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from portanet.converters.cntk.graph import Function
+from portanet.converters.cntk.graph import CntkGraph, Function
 from portanet.converters.cntk.reader import INT_MAX, Axis, NDShape
 from portanet.converters.handlers import HandlerTable
 from portanet.errors import ConversionError
@@ -31,25 +39,52 @@ class T:
     batched: bool
     #: the constant's array when this tensor is a Parameter/Constant (enables folding)
     array: np.ndarray | None = None
+    #: True when the sequence (time) axis follows the batch axis: (N, T, sample...)
+    seq: bool = False
+    #: set on the output of ``Where``: the value is an int64 vector of time indices (K,)
+    time_index: bool = False
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
     @property
+    def lead(self) -> int:
+        """Number of dynamic axes in front of the sample (0, 1 or 2)."""
+        return (1 if self.batched else 0) + (1 if self.seq else 0)
+
+    @property
     def full_shape(self) -> tuple[int | str, ...]:
-        return (("N",) if self.batched else ()) + self.shape
+        return (("N",) if self.batched else ()) + (("T",) if self.seq else ()) + self.shape
 
     def axis(self, sample_axis: int) -> int:
         """IR axis of a NumPy-order sample axis."""
-        return sample_axis + (1 if self.batched else 0)
+        return sample_axis + self.lead
+
+    def like(self, value: ir.Value, shape: tuple[int, ...]) -> T:
+        """A new tensor with this one's dynamic axes."""
+        return T(value, tuple(shape), self.batched, seq=self.seq)
+
+
+def dynamic_of(f: Function, *ts: T) -> T:
+    """The operand whose dynamic axes a combination of ``ts`` carries (CNTK broadcasts
+    tensors without dynamic axes over the others); operands with batch axes must agree."""
+    dyn = [t for t in ts if t.batched]
+    if not dyn:
+        return ts[0]
+    if any(t.seq != dyn[0].seq for t in dyn):
+        raise ConversionError("combining a sequence with a non-sequence batched operand is not supported "
+                              "(CNTK needs sequence.broadcast_as for that)")
+    return dyn[0]
 
 
 class Ctx:
     """Builder plus helpers for the handlers of one conversion."""
 
-    def __init__(self, builder: GraphBuilder) -> None:
+    def __init__(self, builder: GraphBuilder, graph: CntkGraph | None = None) -> None:
         self.b = builder
+        #: the whole CNTK graph (handlers that look at their operands' producers use it)
+        self.graph = graph
 
     # -- emitting ---------------------------------------------------------------------
     def op(self, f: Function, op_type: str, inputs: list[ir.Value | None], attrs: dict[str, Any] | None = None,
@@ -65,11 +100,26 @@ class Ctx:
     def i64(self, values: Any) -> ir.Value:
         return self.b.const(np.asarray(values, dtype=np.int64), name="shape")
 
+    def fold_time(self, f: Function, x: T) -> tuple[ir.Value, ir.Value | None]:
+        """For ops that need (N, C, ...) (convolution, pooling, spatial batch norm): a sequence
+        (N, T, sample...) folded to (N*T, sample...), and its (N, T) dims to unfold with
+        ``unfold_time``; other tensors unchanged (dims None)."""
+        if not x.seq:
+            return x.value, None
+        lead = self.op(f, "Shape", [x.value], {"start": 0, "end": 2})  # (2,): N, T
+        return self.op(f, "Reshape", [x.value, self.i64([-1, *x.shape])]), lead
+
+    def unfold_time(self, f: Function, y: ir.Value, lead: ir.Value, shape: tuple[int, ...], *,
+                    final: bool = False) -> ir.Value:
+        """(N*T, shape...) back to (N, T, shape...)."""
+        dims = self.op(f, "Concat", [lead, self.i64(list(shape))], {"axis": 0})
+        return self.op(f, "Reshape", [y, dims], final=final)
+
     def reshape(self, f: Function, x: T, shape: tuple[int, ...], *, final: bool = False) -> T:
         """Reshape the sample of ``x`` to ``shape`` (the batch axis is kept)."""
-        target = ([0] if x.batched else []) + list(shape)
+        target = [0] * x.lead + list(shape)
         v = self.op(f, "Reshape", [x.value, self.i64(target)], final=final)
-        return T(v, tuple(shape), x.batched)
+        return x.like(v, tuple(shape))
 
 
 # -- attribute helpers -------------------------------------------------------------------

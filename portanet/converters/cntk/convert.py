@@ -20,6 +20,7 @@ from portanet.converters.cntk.graph import (
     Variable,
     build_graph,
 )
+from portanet.converters.cntk.loops import DEFAULT_SEQUENCE_AXIS, TIME, lower_loop, support_name, uses_time
 from portanet.converters.cntk.reader import read_model
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError
@@ -34,7 +35,7 @@ def convert_file(path: Path, options: ConvertOptions | None = None) -> ir.Model:
     where = str(path)
     model = read_model(path)
     graph = build_graph(model, where)
-    HANDLERS.check_supported(((f.uid, f.op_name) for f in graph.functions), path=where)
+    HANDLERS.check_supported(((f.uid, support_name(graph, f)) for f in graph.functions), path=where)
     name = str(model.get("name") or Path(path).stem)
     b = GraphBuilder(FRAMEWORK, name=name)
     values = _lower(b, graph, opts, where)
@@ -47,8 +48,12 @@ def convert_file(path: Path, options: ConvertOptions | None = None) -> ir.Model:
                    extra_metadata={"portanet.cntk.root": str(model.get("root", ""))})
 
 
-def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str) -> list[int | str]:
-    dims: list[int | str] = ([BATCH] if var.dynamic else []) + list(var.shape)
+def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str, timed: bool) -> list[int | str]:
+    # the time axis is named after CNTK's sequence axis: inputs on different axes (an encoder's
+    # and a decoder's sequence) have independent lengths
+    time = TIME if var.sequence_axis == DEFAULT_SEQUENCE_AXIS else f"{TIME}_{var.sequence_axis}"
+    lead: list[int | str] = ([BATCH] if var.dynamic else []) + ([time] if timed else [])
+    dims: list[int | str] = lead + list(var.shape)
     override = opts.input_shapes.get(name) or opts.input_shapes.get(var.uid)
     if override is None and "" in opts.input_shapes:
         override = opts.input_shapes[""]
@@ -57,7 +62,7 @@ def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str) -> 
             raise InvalidInputError(f"{where}: input '{name}' has rank {len(dims)} ({dims}), --input-shape gives "
                                     f"{len(override)} dims")
         # only the batch dimension may change: the weights fix the sample shape
-        if list(override[1 if var.dynamic else 0:]) != list(var.shape):
+        if list(override[len(lead):]) != list(var.shape):
             raise InvalidInputError(f"{where}: input '{name}' has sample shape {list(var.shape)}; --input-shape "
                                     f"{override} changes it")
         dims = list(override)
@@ -67,8 +72,12 @@ def _input_shape(var: Variable, name: str, opts: ConvertOptions, where: str) -> 
 
 
 def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) -> dict[str, T]:
-    ctx = Ctx(b)
+    ctx = Ctx(b, graph)
     values: dict[str, T] = {}
+    # a sequence axis is a real time axis when some function reads the sequence as a whole;
+    # otherwise every step is an independent sample (CNTK's per-step semantics) and the
+    # sequence folds into the batch axis as it always has
+    timed = uses_time(graph)
     inputs = [v for v in graph.variables.values() if v.kind == INPUT]
     name_counts: dict[str, int] = {}
     for v in inputs:
@@ -80,8 +89,9 @@ def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) 
         var = graph.variables[uid]
         if var.kind == INPUT:
             name = var.name if var.name and name_counts[var.name] == 1 else var.uid
-            v = b.add_input(name, _input_shape(var, name, opts, where))
-            t = T(v, var.shape, var.dynamic)
+            seq = timed and var.sequence and var.dynamic
+            v = b.add_input(name, _input_shape(var, name, opts, where, seq))
+            t = T(v, var.shape, var.dynamic, seq=seq)
         elif var.kind in (PARAMETER, CONSTANT):
             if var.value is None:
                 raise ConversionError(f"{var.kind_name} '{var.uid}' has no stored value", framework=FRAMEWORK,
@@ -100,10 +110,19 @@ def _lower(b: GraphBuilder, graph: CntkGraph, opts: ConvertOptions, where: str) 
     # graph inputs first, in file order, so the ONNX interface is stable
     for v in inputs:
         variable(v.uid)
+    def operand(name: str) -> T:
+        return values[name] if name in values else variable(name)
+
     for f in graph.functions:
-        ins: list[Any] = []
-        for x in f.inputs:
-            ins.append(values[x] if x in values else variable(x))
+        loop = graph.loop_of(f.uid)
+        if loop is not None:
+            if f.uid == loop.members[0]:
+                try:
+                    values.update(lower_loop(ctx, loop, operand, where))
+                except ConversionError as exc:  # located at the loop's first function if not closer
+                    raise exc.located(framework=FRAMEWORK, layer=f.uid, layer_type=f.op_name, path=where) from None
+            continue
+        ins: list[Any] = [operand(x) for x in f.inputs]
         with b.layer(f.uid, f.op_name):
             values[f.output] = HANDLERS.call(f.op_name, f.uid, ctx, f, ins, path=where)
     for out in graph.outputs:

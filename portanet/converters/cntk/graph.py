@@ -7,6 +7,11 @@ Dense/Convolution/...) store their inner primitives flat in the same list; a Blo
 inner Placeholder to an outer variable, and its output is its inner root's output. This
 module resolves those indirections so that every primitive function's inputs name a real
 variable or another primitive's output.
+
+Recurrence makes the graph cyclic: ``PastValue(h)`` feeds the cell that computes ``h``. The
+functions are ordered by strongly connected components (dependencies first); a component
+with a cycle is a ``RecurrentLoop`` whose members are ordered within one time step (the
+delays' operand edges cut) and lowered together by ``loops.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from portanet.converters.cntk.reader import NDShape
+from portanet.converters.cntk.reader import Axis, NDShape
 from portanet.errors import ConversionError, InvalidModelError
 
 FRAMEWORK = "cntk"
@@ -62,6 +67,12 @@ class Variable:
     shape: tuple[int, ...]
     dynamic: bool
     value: np.ndarray | None = None
+    #: the name of its ordered (sequence) dynamic axis, "" when it has none
+    sequence_axis: str = ""
+
+    @property
+    def sequence(self) -> bool:
+        return bool(self.sequence_axis)
 
     @property
     def kind_name(self) -> str:
@@ -98,6 +109,32 @@ class CntkGraph:
     outputs: list[str]
     #: output uid -> display name (the producing function's name, where it has one)
     output_names: dict[str, str] = field(default_factory=dict)
+    #: the recurrent loops (cycles through PastValue/FutureValue); their members are
+    #: contiguous in ``functions``
+    loops: list[RecurrentLoop] = field(default_factory=list)
+
+    def loop_of(self, uid: str) -> RecurrentLoop | None:
+        for lp in self.loops:
+            if uid in lp.members:
+                return lp
+        return None
+
+
+#: the delay ops: PastValue(x, initial, offset)[t] = x[t - offset], FutureValue: x[t + offset]
+DELAYS = ("PastValue", "FutureValue")
+
+
+@dataclass
+class RecurrentLoop:
+    """A strongly connected set of functions: one time step of a recurrence.
+
+    ``members`` are in within-step order (every member after the members it reads, the
+    delays' operands excepted: a delay reads its operand from an earlier (PastValue) or
+    later (FutureValue) step). ``delays`` are the members that close the cycle.
+    """
+
+    members: list[str]
+    delays: list[str]
 
 
 def _int(d: dict[str, Any], key: str, where: str, owner: Any) -> int:
@@ -143,6 +180,8 @@ def _variable(d: dict[str, Any], where: str) -> Variable:
         shape=tuple(int(x) if x is not None else -1 for x in dims),
         dynamic=bool(d.get("dynamic_axis")),
         value=value,
+        sequence_axis=next((a.name or "sequence" for a in d.get("dynamic_axis") or []
+                            if isinstance(a, Axis) and a.is_ordered_dynamic_axis), ""),
     )
 
 
@@ -176,6 +215,7 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
     # output -> inner output)
     alias: dict[str, str] = {}
     block_of: dict[str, str] = {}
+    block_roots: dict[str, str] = {}
     for uid in order:
         d = raw[uid]
         op = _int(d, "op", where, uid)
@@ -189,20 +229,34 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
                 raise InvalidModelError(f"{where}: corrupt CNTK Block '{uid}': missing composite root or argument map")
             for k, v in zip(keys, vals):
                 alias[str(k)] = str(v)
-            alias[f"{uid}_Output_0"] = f"{root}_Output_0"
-            block_of[str(root)] = str(d.get("name") or uid)
+            # output i of the Block is output i of its root (a Combine for multi-output Blocks)
+            block_roots[uid] = str(root)
+            label = str(d.get("name") or uid)
+            block_of[str(root)] = label
+            root_d = raw.get(str(root))
+            if root_d is not None and root_d.get("op") == OP_NUMBERS["Combine"]:
+                # a multi-output Block (an LSTM cell's h and c): its outputs are "<name>_<i>"
+                for i, x in enumerate(_names(root_d, "inputs", where, root)):
+                    owner = x.rpartition("_Output_")[0]
+                    block_of.setdefault(owner, f"{label}_{i}")
         elif op == OP_NUMBERS["Combine"]:
             for i, x in enumerate(ins):
                 alias[f"{uid}_Output_{i}"] = x
 
     def resolve(name: str) -> str:
         seen = set()
-        while name in alias:
+        while True:
             if name in seen:
                 raise InvalidModelError(f"{where}: corrupt CNTK model: cyclic reference through '{name}'")
             seen.add(name)
-            name = alias[name]
-        return name
+            if name in alias:
+                name = alias[name]
+                continue
+            owner, sep, idx = name.rpartition("_Output_")
+            if sep and owner in block_roots:
+                name = f"{block_roots[owner]}_Output_{idx}"
+                continue
+            return name
 
     producers = {f"{uid}_Output_0": uid for uid in order}
     root = str(model["root"])
@@ -230,40 +284,124 @@ def build_graph(model: dict[str, Any], where: str) -> CntkGraph:
             block_name=block_of.get(uid, ""),
         )
 
-    # keep what the outputs need, in dependency order (iterative DFS: deep nets are fine)
+    components = _components(functions, producers, variables, outs, where)
+    loops = [_loop(comp, functions, producers, where) for comp in components if _is_cycle(comp, functions, producers)]
+    loop_order = {u: i for lp in loops for i, u in enumerate(lp.members)}
     needed: list[Function] = []
-    state: dict[str, int] = {}
-    for out in outs:
-        stack: list[tuple[str, bool]] = [(out, False)]
-        while stack:
-            name, done = stack.pop()
-            if name in variables:
-                if variables[name].kind == PLACEHOLDER:
-                    raise InvalidModelError(f"{where}: CNTK placeholder '{name}' is not bound to any variable")
-                continue
-            fuid = producers.get(name)
-            if fuid is None or fuid not in functions:
-                raise InvalidModelError(f"{where}: corrupt CNTK model: '{name}' is neither a variable nor a function output")
-            if done:
-                if state.get(fuid) != 2:
-                    state[fuid] = 2
-                    needed.append(functions[fuid])
-                continue
-            if state.get(fuid) == 2:
-                continue
-            if state.get(fuid) == 1:
-                raise InvalidModelError(
-                    f"{where}: CNTK function '{fuid}' is part of a cycle (recurrent loops are not supported)"
-                )
-            state[fuid] = 1
-            stack.append((name, True))
-            for x in reversed(functions[fuid].inputs):
-                stack.append((x, False))
-
+    for comp in components:
+        # a loop's members in within-step order; other components are single functions
+        needed.extend(functions[u] for u in sorted(comp, key=lambda u: loop_order.get(u, 0)))
     names = {}
     for out in outs:
         fuid = producers.get(out)
         f = functions.get(fuid) if fuid else None
         label = (f.name or f.block_name) if f else ""
         names[out] = label or out
-    return CntkGraph(variables=variables, functions=needed, outputs=outs, output_names=names)
+    return CntkGraph(variables=variables, functions=needed, outputs=outs, output_names=names, loops=loops)
+
+
+
+def _components(functions: dict[str, Function], producers: dict[str, str], variables: dict[str, Variable],
+                outs: list[str], where: str) -> list[list[str]]:
+    """The strongly connected components of the functions the outputs need, dependencies
+    first (Tarjan's algorithm, iterative so deep nets are fine). A recurrent loop is one
+    component; every other function is a component of its own."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[list[str]] = []
+
+    def deps(fuid: str) -> list[str]:
+        out = []
+        for name in functions[fuid].inputs:
+            if name in variables:
+                if variables[name].kind == PLACEHOLDER:
+                    raise InvalidModelError(f"{where}: CNTK placeholder '{name}' is not bound to any variable")
+                continue
+            p = producers.get(name)
+            if p is None or p not in functions:
+                raise InvalidModelError(f"{where}: corrupt CNTK model: '{name}' is neither a variable nor a function output")
+            out.append(p)
+        return out
+
+    def visit(w: str, work: list[tuple[str, list[str], int]]) -> None:
+        index[w] = low[w] = len(index)
+        stack.append(w)
+        on_stack.add(w)
+        work.append((w, deps(w), 0))
+
+    for out in outs:
+        if out in variables:
+            if variables[out].kind == PLACEHOLDER:
+                raise InvalidModelError(f"{where}: CNTK placeholder '{out}' is not bound to any variable")
+            continue
+        root = producers.get(out)
+        if root is None or root not in functions:
+            raise InvalidModelError(f"{where}: corrupt CNTK model: '{out}' is neither a variable nor a function output")
+        if root in index:
+            continue
+        work: list[tuple[str, list[str], int]] = []
+        visit(root, work)
+        while work:
+            v, ds, i = work.pop()
+            if i < len(ds):
+                work.append((v, ds, i + 1))
+                w = ds[i]
+                if w not in index:
+                    visit(w, work)
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                result.append(comp)
+    return result
+
+
+def _is_cycle(comp: list[str], functions: dict[str, Function], producers: dict[str, str]) -> bool:
+    return len(comp) > 1 or any(producers.get(x) == comp[0] for x in functions[comp[0]].inputs)
+
+
+def _loop(comp: list[str], functions: dict[str, Function], producers: dict[str, str], where: str) -> RecurrentLoop:
+    """A cycle's members in within-step order; the cycle must pass through the operand of a
+    PastValue/FutureValue (a cycle without a delay is corrupt)."""
+    members = set(comp)
+    delays = [u for u in comp if functions[u].op_name in DELAYS and functions[u].inputs
+              and producers.get(functions[u].inputs[0]) in members]
+    # Kahn's algorithm with the delays' operand edges cut; ties keep the file order
+    file_pos = {u: i for i, u in enumerate(functions)}
+    indeg = {u: 0 for u in comp}
+    succ: dict[str, list[str]] = {u: [] for u in comp}
+    for u in comp:
+        ins = functions[u].inputs[1:] if u in delays else functions[u].inputs
+        for name in ins:
+            p = producers.get(name)
+            if p in members:
+                indeg[u] += 1
+                succ[p].append(u)
+    ready = sorted((u for u in comp if indeg[u] == 0), key=file_pos.get)
+    order: list[str] = []
+    while ready:
+        u = ready.pop(0)
+        order.append(u)
+        for s_ in succ[u]:
+            indeg[s_] -= 1
+            if indeg[s_] == 0:
+                ready.append(s_)
+        ready.sort(key=file_pos.get)
+    if not delays or len(order) != len(comp):
+        rest = sorted(members - set(order)) or sorted(members)
+        raise InvalidModelError(
+            f"{where}: CNTK functions {', '.join(rest)} form a cycle that does not pass through a PastValue/FutureValue"
+        )
+    return RecurrentLoop(members=order, delays=sorted(delays, key=order.index))

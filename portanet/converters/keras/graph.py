@@ -246,19 +246,33 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
     _check_supported(collect_layers(model, traces), traces, path)
     b = GraphBuilder(FRAMEWORK, name=model.name)
     ctx = KerasContext(b)
+    bind_inputs(ctx, input_names(model), list(fn.inputs), options, path or model.name)
+    out_names = list(graph_output_names) if graph_output_names else output_names(model)
+    for name in out_names:  # reserved so that graph outputs carry exactly the Keras layer names
+        b.unique_value_name(name)
+    _walk(ctx, model, path, traces)
+    producers = [(t._keras_history.operation.name, layer_type(t._keras_history.operation)) for t in fn.outputs]
+    bind_outputs(ctx, out_names, list(fn.outputs), producers, bool(options.nchw))
+    return finish(ctx, options, source_files)
+
+
+def bind_inputs(ctx: KerasContext, in_names: Sequence[str], tensors: Sequence[Any], options: ConvertOptions,
+                label: str) -> None:
+    """A graph input per Keras input tensor, in the interface layout (``--nchw``), with the
+    ``--input-shape`` overrides and the symbolic batch applied."""
+    b = ctx.b
     nchw = bool(options.nchw)
-    in_names = input_names(model)
     overrides = dict(options.input_shapes)
     if "" in overrides:
         if len(in_names) != 1:
-            raise InvalidInputError(f"{path or model.name}: --input-shape without a name needs a single-input "
+            raise InvalidInputError(f"{label}: --input-shape without a name needs a single-input "
                                     f"model; inputs: {', '.join(in_names)}")
         overrides[in_names[0]] = overrides.pop("")
     unknown = sorted(set(overrides) - set(in_names))
     if unknown:
-        raise InvalidInputError(f"{path or model.name}: no input named {', '.join(unknown)}; "
+        raise InvalidInputError(f"{label}: no input named {', '.join(unknown)}; "
                                 f"inputs: {', '.join(in_names)}")
-    for name, t in zip(in_names, fn.inputs):
+    for name, t in zip(in_names, tensors):
         shape = static_shape(t)
         perm = interface_perm(len(shape), nchw)
         dims: list[int | str | None] = [shape[p] for p in perm]
@@ -266,27 +280,34 @@ def convert_model(model: Any, options: ConvertOptions, *, source_files: Sequence
         if name in overrides:
             want = overrides[name]
             if len(want) != len(dims):
-                raise InvalidInputError(f"{path or model.name}: input '{name}' has rank {len(dims)}, "
+                raise InvalidInputError(f"{label}: input '{name}' has rank {len(dims)}, "
                                         f"--input-shape gives {len(want)} dims")
             dims = list(want)
         value = b.add_input(name, dims, _np_dtype(t.dtype))
         ctx.set(t, value, perm)
-    out_names = list(graph_output_names) if graph_output_names else output_names(model)
-    for name in out_names:  # reserved so that graph outputs carry exactly the Keras layer names
-        b.unique_value_name(name)
-    _walk(ctx, model, path, traces)
-    for name, t in zip(out_names, fn.outputs):
+
+
+def bind_outputs(ctx: KerasContext, out_names: Sequence[str], tensors: Sequence[Any],
+                 producers: Sequence[tuple[str, str]], nchw: bool) -> None:
+    """The graph outputs, in the interface layout, named ``out_names``; ``producers`` are the
+    (layer name, layer type) producing each tensor (the provenance of an added Transpose)."""
+    b = ctx.b
+    for name, t, (op_name, op_type) in zip(out_names, tensors, producers):
         perm = interface_perm(len(t.shape), nchw)
-        op = t._keras_history.operation
-        with b.layer(op.name, layer_type(op)):
+        with b.layer(op_name, op_type):
             value = ctx.get(t, perm)
             if value in b.inputs or value in b.outputs or value.const_value is not None:
                 value = b.op("Identity", [value])
-            ctx.layer_perms[op.name] = perm
+            ctx.layer_perms[op_name] = perm
         value.name = name
         b.outputs.append(value)
+
+
+def finish(ctx: KerasContext, options: ConvertOptions, source_files: Sequence[Any]) -> ir.Model:
+    """The IR model with portanet's metadata (and the layouts bisection needs), shapes inferred."""
     extra = {"portanet.keras.layouts": _layouts_json(ctx.layer_perms)}
-    model_ir = b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra, infer=False)
+    model_ir = ctx.b.build(source_files=source_files, options=options.as_metadata(), extra_metadata=extra,
+                           infer=False)
     return infer_shapes(model_ir)
 
 

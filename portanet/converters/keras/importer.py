@@ -262,8 +262,34 @@ class KerasImporter(Importer):
             from portanet.converters.keras.tf_graph import convert_saved_model
 
             return convert_saved_model(path, options)
+        fast = self._convert_from_config(path, options)
+        if fast is not None:
+            return fast
         model = load_keras_file(path, trust_code=bool(options.extra.get("trust_code")) or None)
         return convert_keras_model(model, options, source_files=[path], path=str(path))
+
+    @staticmethod
+    def _convert_from_config(path: Path, options: ConvertOptions) -> ir.Model | None:
+        """The file converted from its config and weights without Keras (``config_graph.py``),
+        or None when it needs Keras. ``keras_reader="keras"`` skips this, ``"config"``
+        refuses to fall back."""
+        reader = options.extra.get("keras_reader", "auto")
+        if reader not in ("auto", "config", "keras"):
+            raise InvalidInputError(f"keras_reader must be 'auto', 'config' or 'keras', got {reader!r}")
+        if reader == "keras":
+            return None
+        from portanet.converters.plugins import code_trusted
+
+        check_file(path, trust_code=bool(options.extra.get("trust_code")) or code_trusted())
+        from portanet.converters.keras import config_graph
+
+        if reader == "config":
+            try:
+                return config_graph.convert_file(path, options)
+            except config_graph.NeedsKeras as exc:
+                raise ConversionError(f"the config reader cannot convert this file: {exc}", framework="keras",
+                                      path=str(path)) from exc
+        return config_graph.try_convert_file(path, options)
 
     def accepts_object(self, obj: Any) -> bool:
         return is_keras_model(obj) or is_tf_function(obj)

@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from portanet._deps import require
+from portanet.converters.pytorch.rnn import symbolic_rnn
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
 from portanet.ir.builder import BATCH, CANONICAL_OPSET
@@ -226,14 +227,19 @@ def export_to_ir(
     else:
         raise InvalidInputError(f"{where}: expected an nn.Module or ExportedProgram, received {type(obj).__name__}")
     try:
-        with _quiet():
-            program = torch.onnx.export(module, args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the exporter raises its own hierarchy
-        # the exporter stops at the first op it cannot translate: list them all in one error
-        unsupported = _scan_unsupported(module, args, kwargs.get("dynamic_shapes"))
-        if unsupported:
-            raise UnsupportedOpError(unsupported, framework=FRAMEWORK, path=where) from exc
-        raise ConversionError(f"torch.onnx export failed: {_summary(exc)}", framework=FRAMEWORK, path=where) from exc
+        # nn.RNN as ONNX RNN nodes (symbolic time axis) instead of torch's per-step unrolling
+        with _quiet(), symbolic_rnn(module) as table:
+            if table:
+                kwargs["custom_translation_table"] = table
+            try:
+                program = torch.onnx.export(module, args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the exporter raises its own hierarchy
+                # the exporter stops at the first op it cannot translate: list them all in one error
+                unsupported = _scan_unsupported(module, args, kwargs.get("dynamic_shapes"))
+                if unsupported:
+                    raise UnsupportedOpError(unsupported, framework=FRAMEWORK, path=where) from exc
+                raise ConversionError(f"torch.onnx export failed: {_summary(exc)}", framework=FRAMEWORK,
+                                      path=where) from exc
     finally:
         if was_training:
             obj.train()
@@ -333,7 +339,7 @@ def _scan_unsupported(module: Any, args: tuple[Any, ...], dynamic_shapes: Any) -
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
             continue
-        if registry.is_registered(target):
+        if registry.is_registered(target) or target.namespace == "portanet":  # ours: see rnn.py
             continue
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""

@@ -33,6 +33,7 @@ outputs are the layers' own and 3x3 convolutions are computed exactly.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -321,6 +322,24 @@ np.savez(req["out"], **out)
 """
 
 REPO = Path(__file__).resolve().parents[3]
+#: the python of the real Caffe ``make caffe-env`` builds
+BUILT_CAFFE_PYTHON = REPO / ".venv-caffe" / "venv" / "bin" / "python"
+
+
+def _imports_pycaffe() -> bool:
+    """Whether this interpreter's ``import caffe`` is pycaffe: a regular package holding the
+    compiled ``_caffe`` extension. A plain folder named ``caffe`` on ``sys.path`` (a folder of
+    Caffe models in the working directory, a test folder) is found as a namespace package, which
+    imports fine but is no Caffe."""
+    try:
+        spec = importlib.util.find_spec("caffe")
+    except (ImportError, ValueError):  # a broken or half-imported 'caffe' module
+        return False
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        return False
+    return any(Path(folder, "_caffe" + suffix).is_file()
+               for folder in spec.submodule_search_locations
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def caffe_python() -> Path | None:
@@ -328,9 +347,9 @@ def caffe_python() -> Path | None:
     env = os.environ.get("PORTANET_CAFFE_PYTHON")
     if env:
         return Path(env) if Path(env).is_file() else None
-    if importlib.util.find_spec("caffe") is not None:
+    if _imports_pycaffe():
         return Path(sys.executable)
-    built = REPO / ".venv-caffe" / "venv" / "bin" / "python"
+    built = BUILT_CAFFE_PYTHON
     return built if built.is_file() and os.access(built, os.X_OK) else None
 
 
@@ -343,6 +362,8 @@ def _subprocess(py: Path, request: dict[str, Any], folder: Path) -> subprocess.C
 
 
 _LAYER_TYPES: dict[Path, frozenset[str]] = {}
+#: python -> why its real Caffe did not start the last time it was asked
+_START_ERRORS: dict[Path, str] = {}
 
 
 def caffe_layer_types(py: Path | None = None) -> frozenset[str]:
@@ -357,10 +378,22 @@ def caffe_layer_types(py: Path | None = None) -> frozenset[str]:
         out = Path(tmp) / "types.json"
         proc = _subprocess(py, {"types": True, "out": str(out)}, Path(tmp))
         if proc.returncode != 0:
-            log.warning("real Caffe at %s does not start: %s", py, (proc.stderr or "").strip().splitlines()[-1:])
+            last = (proc.stderr or "").strip().splitlines()[-1:]
+            _START_ERRORS[py] = f"{py} exits with {proc.returncode}: {last[0] if last else 'no message'}"
+            log.warning("real Caffe at %s does not start: %s", py, _START_ERRORS[py])
             return frozenset()
+        _START_ERRORS.pop(py, None)
         _LAYER_TYPES[py] = frozenset(json.loads(out.read_text()))
         return _LAYER_TYPES[py]
+
+
+def caffe_start_error(py: Path | None = None) -> str | None:
+    """Why the real Caffe run by ``py`` (default :func:`caffe_python`) does not start, or None
+    when it answers or there is none."""
+    py = py or caffe_python()
+    if py is None or caffe_layer_types(py):
+        return None
+    return _START_ERRORS.get(py, f"{py} lists no layer types")
 
 
 def _definition(sources: Sequence[Any], options: Any) -> tuple[Any, Path | None, Path | None]:

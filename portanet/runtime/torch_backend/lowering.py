@@ -10,7 +10,9 @@ Initializers are classified before any node is lowered:
 * non-float initializers (shapes, axes, indices) -> constants, folded at lowering time.
 
 Constant folding: a call whose arguments are all constants is evaluated while lowering,
-so static shape arithmetic never reaches the generated code. Constants that reach it are
+so static shape arithmetic never reaches the generated code. Calls whose arguments are
+parameters and constants only (weight slicing, transposes, gate reordering) are hoisted
+into one cached call (``param_cache``). Constants that reach it are
 non-persistent buffers: they move with ``module.to(device)`` and stay out of the state dict.
 """
 
@@ -31,6 +33,7 @@ from torch import fx, nn
 from portanet.errors import ConversionError, PortanetError, UnsupportedOpError
 from portanet.ir.frozen import frozen_names
 from portanet.ir.provenance import source_of
+from portanet.runtime.torch_backend.param_cache import hoist_param_expressions
 from portanet.runtime.torch_backend.registry import lookup
 
 log = logging.getLogger(__name__)
@@ -317,6 +320,9 @@ def lower_graph(model: ir.Model) -> TorchModule:
         r = env[v]
         results.append(ctx.lift(r, "out") if isinstance(r, torch.Tensor) else r)
     fgraph.output(results[0] if len(results) == 1 else tuple(results))
+    # weight rearrangements (parameter-only expressions) computed once per parameter change
+    # in inference, every call in training
+    hoist_param_expressions(fgraph, root, ctx.unique_name("param_prep"))
     gm = fx.GraphModule(root, fgraph, class_name="PortanetGraph")
     log.debug(
         "lowered %d IR nodes to %d fx nodes; %d parameters/buffers",

@@ -3,6 +3,7 @@ and OpenCV's DNN module (an independent Caffe implementation) as the reference."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,13 +100,20 @@ def caffe(tmp_path: Path) -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def real_caffe() -> Any:
-    """The python running real BVLC Caffe; skips where it is not built."""
-    from portanet.parity.runners.caffe import caffe_layer_types, caffe_python
+    """The python running real BVLC Caffe; skips where it is not built. Where it is built
+    (``.venv-caffe``) or named (``$PORTANET_CAFFE_PYTHON``) but does not start, the tests using it
+    fail with the reason: a broken Caffe must not pass unnoticed as a row of skips."""
+    from portanet.parity.runners import caffe as runner
 
-    py = caffe_python()
-    if py is None or not caffe_layer_types(py):
-        pytest.skip("real Caffe is not built here (make caffe-env builds .venv-caffe)")
-    return py
+    py = runner.caffe_python()
+    if py is not None and runner.caffe_layer_types(py):
+        return py
+    expected = os.environ.get("PORTANET_CAFFE_PYTHON") or (
+        runner.BUILT_CAFFE_PYTHON if runner.BUILT_CAFFE_PYTHON.exists() else None)
+    if expected is not None:
+        pytest.fail(f"real Caffe is built ({expected}) but does not start: "
+                    f"{runner.caffe_start_error(py) if py is not None else 'no such python'}", pytrace=False)
+    pytest.skip("real Caffe is not built here (make caffe-env builds .venv-caffe)")
 
 
 @pytest.fixture(scope="session")

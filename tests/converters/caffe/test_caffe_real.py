@@ -4,6 +4,11 @@ every learnable parameter's gradient against Caffe's backward)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,3 +70,59 @@ def test_train_without_real_caffe_says_how_to_get_it(zoo, monkeypatch):
     proto, weights = zoo("lenet")
     with pytest.raises(InvalidInputError, match="needs real Caffe"):
         portanet.verify(proto, weights, train=True, backends=["ort"])
+
+
+# -------------------------------------------------------------- which python runs real Caffe
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _imports_pycaffe(path: list[str]) -> bool:
+    """Whether this interpreter with ``path`` as sys.path really imports pycaffe's extension."""
+    code = f"import sys; sys.path[:] = {path!r}; import caffe._caffe"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "GLOG_minloglevel": "2"})
+    return proc.returncode == 0
+
+
+def test_a_folder_named_caffe_on_sys_path_is_not_pycaffe(tmp_path, monkeypatch):
+    """Regression: pytest puts tests/converters on sys.path (for tests/converters/test_plugins.py),
+    where ``import caffe`` finds the test folder tests/converters/caffe as a namespace package. The
+    runner took that for pycaffe, ran its probe with the test interpreter, which has no Caffe, and
+    every later real-Caffe test of the whole-suite run skipped as "not built". The reference is
+    whether the interpreter really imports pycaffe with that path."""
+    monkeypatch.delenv("PORTANET_CAFFE_PYTHON", raising=False)
+    models = tmp_path / "models" / "caffe"  # a user's folder of Caffe models in the working directory
+    models.mkdir(parents=True)
+    (models / "deploy.prototxt").write_text('name: "n"\n')
+    package = tmp_path / "package" / "caffe"  # a regular package named caffe without the _caffe extension
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for folder in [REPO / "tests" / "converters", models.parent, package.parent]:
+        with monkeypatch.context() as m:
+            m.syspath_prepend(str(folder))
+            m.delitem(sys.modules, "caffe", raising=False)
+            here = runner.caffe_python() == Path(sys.executable)
+            assert here == _imports_pycaffe(list(sys.path)), folder
+
+
+def test_an_importable_pycaffe_runs_in_this_interpreter(real_caffe, monkeypatch):
+    # the built pycaffe's own folder put on this interpreter's path (found, not imported)
+    proc = subprocess.run([str(real_caffe), "-c", "import caffe, os; print(os.path.dirname(caffe.__path__[0]))"],
+                          capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "2"}, check=True)
+    monkeypatch.delenv("PORTANET_CAFFE_PYTHON", raising=False)
+    monkeypatch.syspath_prepend(proc.stdout.strip().splitlines()[-1])
+    monkeypatch.delitem(sys.modules, "caffe", raising=False)
+    assert runner.caffe_python() == Path(sys.executable)
+
+
+def test_a_caffe_that_does_not_start_fails_the_real_caffe_tests(tmp_path):
+    """A real Caffe that is named (or built) but does not start turns the real-Caffe tests into
+    failures naming the reason, not into skips."""
+    env = {**os.environ, "PORTANET_CAFFE_PYTHON": sys.executable}  # an interpreter without Caffe
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         f"{Path(__file__)}::test_in_place_layers_give_their_own_output"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "does not start" in proc.stdout and "No module named 'caffe'" in proc.stdout, proc.stdout[-2000:]
+    assert "skipped" not in proc.stdout.splitlines()[-1]

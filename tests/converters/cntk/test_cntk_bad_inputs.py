@@ -86,20 +86,71 @@ def test_op_number_outside_the_table(tmp_path: Path):
     assert f"'{uid}'" in msg and "op number 999" in msg and str(p) in msg
 
 
-def test_unsupported_ops_listed_at_once(tmp_path: Path):
+def _refused_recurrent_model(path: Path) -> Path:
+    """Recurrent variants portanet refuses, next to an op it lacks: a loop mixing PastValue
+    and FutureValue, a delay with offset 0, an OptimizedRNNStack with an unknown recurrentOp,
+    a sequence gather whose flags are computed from the data."""
     w = CntkWriter()
-    x = w.input((4,))
-    a = w.op("PastValue", [x, w.constant(np.float32(0))], {"offset": 1})
-    b = w.op("PastValue", [a, w.constant(np.float32(0))], {"offset": 1})
-    c = w.op("OptimizedRNNStack", [b, w.parameter(np.zeros(8, np.float32))], {"hiddenSize": 2})
+    x = w.input((4,), sequence=True)
+    p = w.placeholder()
+    past = w.op("PastValue", [p, w.constant(np.float32(0))], {"offset": 1})
+    fut = w.op("FutureValue", [p, w.constant(np.float32(0))], {"offset": 1})
+    h = w.op("Tanh", [w.op("Plus", [w.op("Plus", [x, past]), fut])])
+    w.bind(p, h)
+    d0 = w.op("PastValue", [h, w.constant(np.float32(0))], {"offset": 0})
+    c = w.op("OptimizedRNNStack", [d0, w.parameter(np.zeros(8, np.float32))],
+             {"hiddenSize": 2, "numLayers": 1, "bidirectional": False, "recurrentOp": "lstmp"})
     y = w.op("Hardmax", [w.op("ReLU", [c])])
-    p = w.save(tmp_path / "rnn.model", y)
+    # a gather whose flags read the data: every sample would get its own length
+    sel = w.op("GatherPacked", [x, w.op("PackedIndex", [x, w.op("Where", [w.op("ReLU", [x])])])])
+    return w.save(path, [y, sel])
+
+
+def test_unsupported_ops_listed_at_once(tmp_path: Path):
+    p = _refused_recurrent_model(tmp_path / "rnn.model")
     with pytest.raises(UnsupportedOpError) as ei:
         convert_paths([p])
     err = ei.value
-    assert set(err.unsupported) == {"PastValue", "OptimizedRNNStack", "Hardmax"}
-    assert len(err.unsupported["PastValue"]) == 2
-    assert "4 unsupported layer(s) of 3 type(s)" in _one_line(err)
+    assert set(err.unsupported) == {"PastValue(in a loop mixing PastValue and FutureValue)",
+                                    "FutureValue(in a loop mixing PastValue and FutureValue)",
+                                    "PastValue(offset=0)", "OptimizedRNNStack(recurrentOp=lstmp)", "Hardmax",
+                                    "Where(flags computed from the data)"}
+    assert "6 unsupported layer(s) of 6 type(s)" in _one_line(err)
+
+
+def test_unsupported_recurrence_cli_exit_2_no_output(tmp_path: Path):
+    p = _refused_recurrent_model(tmp_path / "rnn.model")
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(cli, ["convert", str(p), "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "OptimizedRNNStack(recurrentOp=lstmp)" in res.output
+    assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
+
+
+def test_initial_state_of_the_wrong_shape_is_located(tmp_path: Path):
+    """A (2,) initial state for a (3,) recurrence: refused in one line at a function of the loop."""
+    w = CntkWriter()
+    x = w.input((3,), sequence=True)
+    p = w.placeholder()
+    delay = w.op("PastValue", [p, w.constant(np.zeros(2, np.float32))], {"offset": 1})  # (2,) for (3,)
+    h = w.op("Tanh", [w.op("Plus", [x, delay])])
+    w.bind(p, h)
+    path = w.save(tmp_path / "badinit.model", h)
+    with pytest.raises(ConversionError) as ei:
+        convert_paths([path])
+    msg = _one_line(ei.value)
+    assert str(path) in msg and "cntk layer '" in msg and "[2]" in msg and "broadcast" in msg
+
+
+def test_cycle_without_a_delay_is_corrupt(tmp_path: Path):
+    w = CntkWriter()
+    x = w.input((2,), sequence=True)
+    p = w.placeholder()
+    h = w.op("Tanh", [w.op("Plus", [x, p])])
+    w.bind(p, h)
+    path = w.save(tmp_path / "cycle.model", h)
+    with pytest.raises(InvalidModelError, match="form a cycle that does not pass through a PastValue/FutureValue"):
+        convert_paths([path])
 
 
 def test_shape_mismatch_names_the_function(tmp_path: Path):

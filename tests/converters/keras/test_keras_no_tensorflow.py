@@ -1,5 +1,6 @@
-"""`portanet convert model.keras` reads the file without importing TensorFlow (Keras runs on its
-torch backend in that process: deserializing and tracing need no computation). The converted
+"""`portanet convert model.keras` reads the file without importing TensorFlow even when the file
+needs Keras (here a keras.ops reduction the config reader leaves to Keras: Keras then runs on its
+torch backend in that process; deserializing and tracing need no computation). The converted
 model is checked against Keras on TensorFlow in this process."""
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _model(raw_ops: bool):
     keras.utils.set_random_seed(0)
     i = keras.Input((8, 8, 3), name="x")
     y = keras.layers.Conv2D(4, 3, padding="same", name="conv")(i)
-    y = y * keras.ops.hard_sigmoid(y) if raw_ops else keras.layers.Activation("hard_swish")(y)
+    y = y * keras.ops.hard_sigmoid(y) + keras.ops.mean(y, axis=-1, keepdims=True) if raw_ops \
+        else keras.layers.Activation("hard_swish")(y)
     y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
     return keras.Model(i, keras.layers.Dense(3, name="fc")(y))
 

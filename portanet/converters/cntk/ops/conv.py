@@ -113,7 +113,12 @@ def convolution(ctx: Ctx, f: Function, ins: list[T]) -> T:
 
 
 def _batched_call(ctx: Ctx, f: Function, x: T, op: str, extra_inputs: list, attrs: dict, out_shape) -> T:
-    """ONNX conv/pool ops need (N, C, spatial...): add a unit batch axis to unbatched operands."""
+    """ONNX conv/pool ops need (N, C, spatial...): add a unit batch axis to unbatched operands;
+    fold a sequence's time axis into the batch (every step is convolved on its own)."""
+    if x.seq:
+        folded, lead = ctx.fold_time(f, x)
+        y = ctx.op(f, op, [folded, *extra_inputs], attrs)
+        return x.like(ctx.unfold_time(f, y, lead, tuple(out_shape), final=True), tuple(out_shape))
     if x.batched:
         return T(ctx.op(f, op, [x.value, *extra_inputs], attrs, final=True), tuple(out_shape), True)
     xb = ctx.op(f, "Unsqueeze", [x.value, ctx.i64([0])])

@@ -38,7 +38,7 @@ def _matmul(ctx: Ctx, f: Function, x: T, w: T, k_rank: int, w_matrix: np.ndarray
     else:
         wv = w.value if w.shape == (K, M) else ctx.reshape(f, w, (K, M)).value
     final = len(out_dims) == 1
-    y = T(ctx.op(f, "MatMul", [x.value, wv], final=final), extra + (M,), x.batched)
+    y = x.like(ctx.op(f, "MatMul", [x.value, wv], final=final), extra + (M,))
     if not final:
         y = ctx.reshape(f, y, extra + tuple(out_dims), final=True)
     return y

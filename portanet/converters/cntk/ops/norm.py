@@ -46,6 +46,10 @@ def batch_norm(ctx: Ctx, f: Function, ins: list[T]) -> T:
         c = (x.shape[0],)
         params = [_param(ctx, f, t, c, n).value for t, n in
                   ((scale, "scale"), (bias, "bias"), (mean, "mean"), (var, "variance"))]
+        if x.seq:  # every step normalized on its own: (N, T, C, ...) -> (N*T, C, ...)
+            folded, lead = ctx.fold_time(f, x)
+            y = ctx.op(f, "BatchNormalization", [folded, *params], {"epsilon": eps})
+            return x.like(ctx.unfold_time(f, y, lead, x.shape, final=True), x.shape)
         if x.batched and x.rank >= 1:
             y = ctx.op(f, "BatchNormalization", [x.value, *params], {"epsilon": eps}, final=True)
             return T(y, x.shape, True)
@@ -59,4 +63,4 @@ def batch_norm(ctx: Ctx, f: Function, ins: list[T]) -> T:
     std = ctx.op(f, "Sqrt", [ctx.op(f, "Add", [v.value, ctx.const(np.float32(eps))])])
     normed = ctx.op(f, "Div", [centered, std])
     scaled = ctx.op(f, "Mul", [normed, s.value])
-    return T(ctx.op(f, "Add", [scaled, b.value], final=True), x.shape, x.batched)
+    return x.like(ctx.op(f, "Add", [scaled, b.value], final=True), x.shape)

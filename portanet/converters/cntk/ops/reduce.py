@@ -23,9 +23,9 @@ def _whole_sample(onnx_op: str):
         """CNTK's primitive (Log)Softmax normalizes over the whole flattened sample."""
         x = ins[0]
         if x.rank <= 1 and (x.batched or x.rank == 1):
-            return T(ctx.op(f, onnx_op, [x.value], {"axis": -1}, final=True), x.shape, x.batched)
+            return x.like(ctx.op(f, onnx_op, [x.value], {"axis": -1}, final=True), x.shape)
         flat = ctx.reshape(f, x, (math.prod(x.shape),))
-        y = T(ctx.op(f, onnx_op, [flat.value], {"axis": -1}), flat.shape, x.batched)
+        y = x.like(ctx.op(f, onnx_op, [flat.value], {"axis": -1}), flat.shape)
         return ctx.reshape(f, y, x.shape, final=True)
 
     return handler
@@ -64,6 +64,6 @@ def reduce_elements(ctx: Ctx, f: Function, ins: list[T]) -> T:
             raise ConversionError(f"{name} over {len(axes)} axes is not supported (one axis expected)")
         idx = ctx.op(f, op, [x.value], {"axis": ir_axes[0], "keepdims": int(keep)})
         # CNTK returns the index as a float tensor
-        return T(ctx.op(f, "Cast", [idx], {"to": 1}, final=True), out_shape, x.batched)
+        return x.like(ctx.op(f, "Cast", [idx], {"to": 1}, final=True), out_shape)
     y = ctx.op(f, op, [x.value, ctx.i64(ir_axes)], {"keepdims": int(keep)}, final=True)
-    return T(y, out_shape, x.batched)
+    return x.like(y, out_shape)

@@ -15,6 +15,7 @@ from portanet.converters.cntk.context import (
     Ctx,
     T,
     attr,
+    dynamic_of,
     numpy_axis,
     shape_attr,
     static_axis,
@@ -68,6 +69,7 @@ def splice(ctx: Ctx, f: Function, ins: list[T]) -> T:
     batched = any(t.batched for t in ins)
     if batched and not all(t.batched for t in ins):
         raise ConversionError("splicing batched and unbatched operands is not supported")
+    dyn = dynamic_of(f, *ins)
     a = attr(f, "axis")
     idx = static_axis(f, a, rank, allow_new=True) if a is not None else rank - 1
     parts: list[T] = []
@@ -88,7 +90,7 @@ def splice(ctx: Ctx, f: Function, ins: list[T]) -> T:
     if len(parts) == 1:
         return parts[0]
     y = ctx.op(f, "Concat", [p.value for p in parts], {"axis": parts[0].axis(ax)}, final=True)
-    return T(y, tuple(shape), batched)
+    return dyn.like(y, tuple(shape))
 
 
 @HANDLERS.register("Slice")
@@ -122,7 +124,7 @@ def slice_(ctx: Ctx, f: Function, ins: list[T]) -> T:
         stops.append(e)
         strides.append(s)
     y = ctx.op(f, "Slice", [x.value, ctx.i64(starts), ctx.i64(stops), ctx.i64(ir_axes), ctx.i64(strides)], final=True)
-    return T(y, tuple(shape), x.batched)
+    return x.like(y, tuple(shape))
 
 
 @HANDLERS.register("TransposeAxes")
@@ -143,8 +145,8 @@ def transpose_axes(ctx: Ctx, f: Function, ins: list[T]) -> T:
     # output NumPy axis j = CNTK axis rank-1-j, which takes input CNTK axis perm[rank-1-j]
     perm_np = [numpy_axis(perm_cntk[rank - 1 - j], rank) for j in range(rank)]
     shape = tuple(x.shape[p] for p in perm_np)
-    full = ([0] if x.batched else []) + [x.axis(p) for p in perm_np]
-    return T(ctx.op(f, "Transpose", [x.value], {"perm": full}, final=True), shape, x.batched)
+    full = list(range(x.lead)) + [x.axis(p) for p in perm_np]
+    return x.like(ctx.op(f, "Transpose", [x.value], {"perm": full}, final=True), shape)
 
 
 _PAD_MODES = {0: "constant", 1: "reflect"}
@@ -163,14 +165,14 @@ def pad(ctx: Ctx, f: Function, ins: list[T]) -> T:
     foot = (foot + [0] * rank)[:rank]
     begins = list(reversed(head))  # CNTK order -> NumPy order
     ends = list(reversed(foot))
-    lead = [0] if x.batched else []
+    lead = [0] * x.lead
     pads = lead + begins + lead + ends
     shape = tuple(d + b + e for d, b, e in zip(x.shape, begins, ends))
     value = float(attr(f, "paddingConstantValue", 0.0) or 0.0)
     inputs = [x.value, ctx.i64(pads)]
     if _PAD_MODES[mode] == "constant":
         inputs.append(ctx.const(np.float32(value)))
-    return T(ctx.op(f, "Pad", inputs, {"mode": _PAD_MODES[mode]}, final=True), shape, x.batched)
+    return x.like(ctx.op(f, "Pad", inputs, {"mode": _PAD_MODES[mode]}, final=True), shape)
 
 
 @HANDLERS.register("Squeeze")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ def is_tensor(x: Any) -> bool:
 
 
 def is_variable(x: Any) -> bool:
+    if "keras" not in sys.modules:  # nothing is a Keras variable then (a file read without Keras)
+        return False
     import keras
 
     return isinstance(x, keras.Variable)

@@ -11,8 +11,10 @@ Two execution paths with identical results:
   peepholes, input_forget, GRU ``linear_before_reset=0``, zero-length sequences.
 
 W, R, B and P stay whatever the lowering made of them (trainable parameters for
-initializers): the reordering of gates into torch's layout happens inside ``forward``, so
-gradients reach the ONNX tensors.
+initializers). The fused path reads them in torch's layout, computed by ``torch_layout`` as
+a separate graph call: an expression of parameters only, so inference computes it once and
+reuses it until a parameter changes (``param_cache``), while training recomputes it every
+step and gradients reach the ONNX tensors.
 
 Shapes (layout 0; layout 1 swaps the first two axes of X, Y, initial_h/c and Y_h/c):
 X (T, N, I), W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H), sequence_lens (N,),
@@ -165,7 +167,9 @@ class Recurrent(nn.Module):
         return (f"{self.kind}, direction={self.direction}, layout={self.layout}, clip={self.clip}, "
                 f"fused={self.fusable}")
 
-    def forward(self, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
+    def forward(self, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None, prepared=None):
+        """``prepared``: ``torch_layout(kind, w, r, b)`` for a fusable node (the fused path
+        recomputes it when omitted)."""
         lstm = self.kind == "LSTM"
         if self.layout == 1:  # (N, T, I) -> (T, N, I); states (N, D, H) -> (D, N, H)
             x = x.transpose(0, 1)
@@ -187,7 +191,8 @@ class Recurrent(nn.Module):
                 lens = None  # every sequence spans the whole time axis
         use_fused = self.fusable and (lens is None or bool((lens > 0).all()))
         if use_fused:
-            y, hn, cn = self._fused(x, w, r, b, lens, h0, c0)
+            params = prepared if prepared is not None else torch_layout(self.kind, w, r, b)
+            y, hn, cn = self._fused(x, params, hidden, lens, h0, c0)
         else:
             y, hn, cn = self._loop(x, w, r, b, lens, h0, c0, p)
         # y (T, D, N, H); hn, cn (D, N, H)
@@ -199,15 +204,7 @@ class Recurrent(nn.Module):
         return outs[: self.n_outputs]
 
     # -- torch's fused kernels ------------------------------------------------------------
-    def _fused(self, x, w, r, b, lens, h0, c0):
-        hidden = r.shape[-1]
-        gh = w.shape[1]
-        params = []
-        for d in range(self.num_dirs):
-            params += [
-                _reorder(w[d], self.kind, hidden), _reorder(r[d], self.kind, hidden),
-                _reorder(b[d, :gh], self.kind, hidden), _reorder(b[d, gh:], self.kind, hidden),
-            ]
+    def _fused(self, x, params, hidden, lens, h0, c0):
         reverse_only = self.direction == "reverse"
         rev = None
         if reverse_only:  # torch has no reverse-only layer: reverse the time axis around it
@@ -331,6 +328,22 @@ class Recurrent(nn.Module):
         return torch.stack(out, 0), h, c
 
 
+def torch_layout(kind: str, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """ONNX W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) or None -> the flat weight list of
+    torch's fused kernels: per direction w_ih, w_hh, b_ih, b_hh in torch's gate order."""
+    hidden = r.shape[-1]
+    gh = w.shape[1]
+    if b is None:
+        b = w.new_zeros(w.shape[0], 2 * gh)
+    params: list[torch.Tensor] = []
+    for d in range(w.shape[0]):
+        params += [
+            _reorder(w[d], kind, hidden), _reorder(r[d], kind, hidden),
+            _reorder(b[d, :gh], kind, hidden), _reorder(b[d, gh:], kind, hidden),
+        ]
+    return tuple(params)
+
+
 def _rnn_kernel(acts: tuple[Activation, ...]):
     return torch._VF.rnn_relu if acts[0][0] == "relu" else torch._VF.rnn_tanh
 
@@ -350,7 +363,9 @@ def _lower(kind: str):
             bool(attr(node, "input_forget", 0)), bool(attr(node, "linear_before_reset", 0)), layout,
             len(node.outputs), peepholes=p is not None,
         )
-        args = [x, w, r, b, seq_lens, h0] + ([c0, p] if kind == "LSTM" else [])
+        args = [x, w, r, b, seq_lens, h0] + ([c0, p] if kind == "LSTM" else [None, None])
+        if mod.fusable:  # the weights in torch's layout: a parameter-only call, cached in inference
+            args.append(ctx.call(torch_layout, kind, w, r, b))
         out = ctx.module(mod, *args, hint=kind.lower())
         return ctx.unpack(out, len(node.outputs))
 
