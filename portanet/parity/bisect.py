@@ -1,11 +1,15 @@
 """First-divergence bisection: which source layer is the first whose IR value differs?
 
 Every source layer maps (through provenance) to the first output of the last IR node that
-carries its name. Layers are walked in topological order in chunks of ``chunk`` layers: for
-each chunk the backend runs the model with those values as extra outputs and the reference
-runner returns the same layers, the chunk is compared and freed, and the walk stops at the
-first chunk holding a divergent layer. At most ``chunk`` intermediate tensors per side are
-alive at once, whatever the size of the network.
+carries its name. Layers computed only inside If branches and Loop/Scan bodies come right
+before the node that holds them; their values are read through ``portanet.ir.probes`` (a
+loop body's value as every iteration, flattened and stacked) and compared where the
+reference returns the same form (an ONNX source, read through the same rewrite). Layers are
+walked in topological order in chunks of ``chunk`` layers: for each chunk the backend runs
+the model with those values as extra outputs and the reference runner returns the same
+layers, the chunk is compared and freed, and the walk stops at the first chunk holding a
+divergent layer. At most ``chunk`` intermediate tensors per side are alive at once, whatever
+the size of the network.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class LayerPoint:
     layer_type: str
     value: ir.Value
     nodes: list[ir.Node]
+    #: the value is computed inside an If/Loop/Scan subgraph (read through ``portanet.ir.probes``)
+    inner: bool = False
 
 
 @dataclass
@@ -117,7 +123,9 @@ def layer_points(model: ir.Model, *, hierarchical: bool = False) -> list[LayerPo
         if keep is None or (name in own and (keep not in own or len(name) > len(keep))):
             by_value[i] = name
     out = []
-    for _i, name in sorted(by_value.items()):
+    inner = _inner_points(model, set(last) | folded)
+    for i, name in sorted(by_value.items()):
+        out.extend(inner.pop(i, []))  # layers computed inside node i's subgraphs come first
         node = last[name][1]
         v = node.outputs[0]
         if node.op_type == "Constant" or v.const_value is not None:
@@ -126,15 +134,65 @@ def layer_points(model: ir.Model, *, hierarchical: bool = False) -> list[LayerPo
             continue
         nodes = own.get(name) or [node]
         out.append(LayerPoint(name, types.get(name, ""), v, nodes))
+    for i in sorted(inner):
+        out.extend(inner[i])
     return out
+
+
+def _inner_points(model: ir.Model, outer: set[str]) -> dict[int, list[LayerPoint]]:
+    """Index of a top-level node -> the layers computed only inside its subgraphs (If
+    branches, Loop/Scan bodies), in execution order, each at the output of its last node."""
+    result: dict[int, list[LayerPoint]] = {}
+    for i, top in enumerate(model.graph):
+        subgraphs = [g for a in top.attributes.values() for g in _graphs_of(a)]
+        if not subgraphs:
+            continue
+        last: dict[str, ir.Node] = {}
+        own: dict[str, list[ir.Node]] = {}
+        types: dict[str, str] = {}
+        for g in subgraphs:
+            for node in ir.traversal.RecursiveGraphIterator(g):
+                src = source_of(node)
+                if src is None or not node.outputs or src[0] in outer or node.op_type == "Constant":
+                    continue
+                last.pop(src[0], None)  # re-inserted: dict order = order of the last nodes
+                last[src[0]] = node
+                own.setdefault(src[0], []).append(node)
+                types.setdefault(src[0], src[1])
+        points = []
+        for name, node in last.items():
+            v = node.outputs[0]
+            if not v.name or (v.dtype is not None and not v.dtype.is_floating_point()):
+                continue
+            points.append(LayerPoint(name, types[name], v, own[name], inner=True))
+        if points:
+            result[i] = points
+    return result
+
+
+def _graphs_of(a: ir.Attr) -> list[ir.Graph]:
+    if a.type == ir.AttributeType.GRAPH:
+        return [a.value]
+    if a.type == ir.AttributeType.GRAPHS:
+        return list(a.value)
+    return []
 
 
 def run_with_outputs(
     model: ir.Model, backend: str, feeds: Mapping[str, np.ndarray], values: Sequence[ir.Value], device: str = "cpu"
 ) -> dict[str, np.ndarray]:
-    """Run ``model`` on ``backend`` with ``values`` as extra graph outputs (restored afterwards)."""
+    """Run ``model`` on ``backend`` with ``values`` as extra graph outputs (restored afterwards).
+
+    Values computed inside subgraphs are read from a copy of the model in which they leave
+    their If/Loop/Scan nodes as extra outputs (``portanet.ir.probes``): a Loop/Scan body's
+    value of every iteration, flattened and stacked; an If branch's value, empty when the
+    branch did not run.
+    """
     from portanet.runtime.session import Session
 
+    inner = [v for v in values if v.producer() is not None and v.producer().graph is not model.graph]
+    if inner:
+        return _run_with_inner_outputs(model, backend, feeds, values, inner, device)
     outputs = model.graph.outputs
     added = []
     for v in values:
@@ -150,6 +208,25 @@ def run_with_outputs(
         for v in added:
             outputs.remove(v)
     return result
+
+
+def _run_with_inner_outputs(model: ir.Model, backend: str, feeds: Mapping[str, np.ndarray],
+                            values: Sequence[ir.Value], inner: Sequence[ir.Value], device: str) -> dict[str, np.ndarray]:
+    from onnx import helper
+
+    from portanet.ir.probes import expose_inner_values
+    from portanet.runtime.session import Session
+
+    proto, mapping = expose_inner_values(ir.serde.serialize_model(model), [v.name or "" for v in inner])
+    present = {o.name for o in proto.graph.output}
+    for v in values:
+        if v not in inner and v.name not in present:
+            elem = int(v.dtype) if v.dtype is not None else int(ir.DataType.FLOAT)
+            proto.graph.output.append(helper.make_tensor_value_info(v.name, elem, None))
+    probe = ir.serde.deserialize_model(proto)
+    names = {v.name or "": mapping.get(v.name or "", v.name or "") for v in values}
+    out = Session(probe, backend=backend, device=device).run(feeds, list(names.values()))
+    return {name: out[probed] for name, probed in names.items()}
 
 
 def bisect(
@@ -183,6 +260,10 @@ def bisect(
             continue
         got = run_with_outputs(model, backend, feeds, [p.value for p in usable], device)
         for p in usable:
+            if p.inner and np.shape(ref[p.layer]) != np.shape(got[p.value.name or ""]):
+                # a subgraph value read differently by the reference (one step of a loop rather
+                # than every iteration stacked, a branch that did not run): not comparable
+                continue
             result.compared += 1
             stats = compare(ref[p.layer], got[p.value.name or ""], rtol=rtol, atol=atol, elementwise=False)
             if not stats.passed:
@@ -237,10 +318,19 @@ def _fill(result: BisectResult, p: LayerPoint, stats: TensorStats, last_good: st
 
 
 def prefix_model(model: ir.Model, value_name: str) -> ir.Model:
-    """A copy of ``model`` whose only output is ``value_name``, pruned to the nodes it needs."""
+    """A copy of ``model`` whose only output is ``value_name``, pruned to the nodes it needs
+    (a value inside a subgraph: the output its If/Loop/Scan node gives it, see
+    ``portanet.ir.probes``)."""
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    proto = ir.serde.serialize_model(model)
+    if not any(v.name == value_name for node in model.graph for v in node.outputs):
+        # a value inside a subgraph: first make it an output of its If/Loop/Scan nodes
+        from portanet.ir.probes import expose_inner_values
+
+        proto, mapping = expose_inner_values(proto, [value_name])
+        value_name = mapping.get(value_name, value_name)
+    copy = ir.serde.deserialize_model(proto)
     target = None
     for node in copy.graph:
         for v in node.outputs:
@@ -276,7 +366,7 @@ def write_repro(
     used = {v.name for v in sub.graph.inputs}
     paths = {"model": str(onnx_path)}
     for fname, arrays in (("repro_inputs.npz", {k: v for k, v in feeds.items() if k in used}),
-                          ("repro_expected.npz", {result.value_name or "output": expected})):
+                          ("repro_expected.npz", {sub.graph.outputs[0].name or "output": expected})):
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(out / fname, buf.getvalue())

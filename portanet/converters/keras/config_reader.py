@@ -489,10 +489,11 @@ def _weights_h5(path: Path) -> Iterator[Any]:
             raise NeedsKeras("no model.weights.h5 in the archive (sharded or npz weights)")
         info = z.getinfo("model.weights.h5")
     if info.compress_type == zipfile.ZIP_STORED:
-        raw = _ZipMember(path, _member_data_offset(path, info), info.file_size)
+        start = _member_data_offset(path, info)
+        raw = _ZipMember(path, start, info.file_size)
         try:
             with h5py.File(raw, "r") as f:
-                yield f
+                yield f, (path, start)
         finally:
             raw.close()
         return
@@ -501,16 +502,27 @@ def _weights_h5(path: Path) -> Iterator[Any]:
         with zipfile.ZipFile(path) as z, z.open(info) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 22)
         with h5py.File(target, "r") as f:
-            yield f
+            yield f, (target, 0)
 
 
-def _dataset_reader(ds: Any) -> Callable[[], np.ndarray]:
+#: (file holding the HDF5 data, where the HDF5 file starts in it)
+Source = tuple[Path, int]
+
+
+def _dataset_reader(ds: Any, source: Source) -> Callable[[], np.ndarray]:
+    """A reader of the dataset's array: straight from the file at its offset when HDF5 stores
+    it as one contiguous block (what Keras writes), else through h5py."""
     if "dtype" in ds.attrs:  # bfloat16 and other dtypes numpy lacks
         raise NeedsKeras(f"weights stored as {ds.attrs['dtype']}")
-    return lambda: np.asarray(ds[()])
+    offset = ds.id.get_offset()
+    if offset is None or ds.chunks is not None or ds.external or ds.dtype.kind not in "biuf" or not ds.size:
+        return lambda: np.asarray(ds[()])
+    path, start = source
+    dtype, shape, count = ds.dtype, ds.shape, int(ds.size)
+    return lambda: np.fromfile(path, dtype=dtype, count=count, offset=start + offset).reshape(shape)
 
 
-def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
+def _attach_keras3_weights(model: ModelSpec, group: Any, where: str, source: Source) -> None:
     """Bind ``layers/<key>/vars/<i>`` to the layers (nested models recursively)."""
     by_name: dict[str, Any] = {}
     sub = group.get("layers")
@@ -520,28 +532,27 @@ def _attach_keras3_weights(model: ModelSpec, group: Any, where: str) -> None:
         name = vars_group.attrs.get("name") if vars_group is not None else None
         if name is None:
             raise NeedsKeras(f"weights group {where}layers/{key} without the layer name (an older Keras 3 file)")
-        by_name[name.decode() if isinstance(name, bytes) else str(name)] = entry
+        by_name[name.decode() if isinstance(name, bytes) else str(name)] = (entry, vars_group)
     for layer in model.layers.values():
-        entry = by_name.get(layer.name)
+        entry, stored = by_name.get(layer.name, (None, None))
         if layer.model is not None:
             if entry is None:
                 raise NeedsKeras(f"no weights group for nested model '{layer.name}'")
-            _attach_keras3_weights(layer.model, entry, f"{where}layers/{layer.name}/")
+            _attach_keras3_weights(layer.model, entry, f"{where}layers/{layer.name}/", source)
             continue
         if layer.class_name == "InputLayer" or layer.is_op:
             continue
         want = weight_names(layer.class_name, layer.config)
-        stored = entry.get("vars") if entry is not None else None
-        count = len(stored) if stored is not None else 0
-        if count != len(want):
-            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {count} saved variables, "
+        datasets = [stored[str(i)] for i in range(len(stored))] if stored is not None else []
+        if len(datasets) != len(want):
+            raise NeedsKeras(f"layer '{layer.name}' ({layer.class_name}) has {len(datasets)} saved variables, "
                              f"expected {len(want)} ({', '.join(want) or 'none'})")
-        for i, wname in enumerate(want):
-            layer.weights[wname] = _dataset_reader(stored[str(i)])
-        check_weight_shapes(layer, {w: stored[str(i)].shape for i, w in enumerate(want)})
+        for wname, ds in zip(want, datasets):
+            layer.weights[wname] = _dataset_reader(ds, source)
+        check_weight_shapes(layer, {w: ds.shape for w, ds in zip(want, datasets)})
 
 
-def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...] = ()) -> None:
+def _attach_legacy_weights(model: ModelSpec, group: Any, source: Source, prefix: tuple[str, ...] = ()) -> None:
     """Bind ``model_weights/<layer>/<weight name>`` (names like ``conv1/kernel`` or, inside a
     nested model, ``inner/conv1/kernel``) to the layers."""
     for layer in model.layers.values():
@@ -554,7 +565,7 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
             raise NeedsKeras(f"no weights group for layer '{layer.name}'")
         entry = group[top]
         if layer.model is not None:
-            _attach_legacy_weights(layer.model, group, (*prefix, layer.name) if prefix else (layer.name,))
+            _attach_legacy_weights(layer.model, group, source, (*prefix, layer.name) if prefix else (layer.name,))
             continue
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in entry.attrs.get("weight_names", [])]
         if prefix:  # a nested model's group lists every inner layer's weights: keep this layer's
@@ -566,7 +577,7 @@ def _attach_legacy_weights(model: ModelSpec, group: Any, prefix: tuple[str, ...]
         # Keras 2 DepthwiseConv2D's depthwise_kernel is Keras 3's kernel)
         stored = {w: entry[n] for w, n in zip(want, names)}
         for wname in want:
-            layer.weights[wname] = _dataset_reader(stored[wname])
+            layer.weights[wname] = _dataset_reader(stored[wname], source)
         check_weight_shapes(layer, {w: d.shape for w, d in stored.items()})
 
 
@@ -577,8 +588,8 @@ def read_model(path: Path) -> Iterator[ModelSpec]:
         with zipfile.ZipFile(path) as z:
             config = json.loads(z.read("config.json"))
         model = parse_model(config)
-        with _weights_h5(path) as f:
-            _attach_keras3_weights(model, f, "")
+        with _weights_h5(path) as (f, source):
+            _attach_keras3_weights(model, f, "", source)
             yield model
         return
     from portanet._deps import require
@@ -589,5 +600,5 @@ def read_model(path: Path) -> Iterator[ModelSpec]:
         if raw is None or "model_weights" not in f:
             raise NeedsKeras("an HDF5 file without model_config/model_weights")
         model = parse_model(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
-        _attach_legacy_weights(model, f["model_weights"])
+        _attach_legacy_weights(model, f["model_weights"], (path, 0))
         yield model

@@ -3,7 +3,9 @@
 and of portanet's torch backend).
 
 An ONNX source's layers are its nodes: provenance names a node, and the layer's output is
-that node's first output.
+that node's first output. Named nodes inside If/Loop/Scan subgraphs are layers too: their
+values are read from a probe copy of the model (``portanet.ir.probes``), a Loop/Scan body's
+value as every iteration flattened and stacked, an If branch's only when the branch ran.
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ class _Prepared:
     """The source loaded once: evaluator plus node name -> first output name."""
 
     def __init__(self, path: Path) -> None:
+        import onnx
         from onnx.reference import ReferenceEvaluator
 
         from portanet.ir.io import read_onnx_proto
 
         proto = read_onnx_proto(path)
         if any(t.data_location == 1 for t in proto.graph.initializer):  # external data
-            import onnx
-
             proto = onnx.load(str(path))
         self.path = path
         self.outputs = [o.name for o in proto.graph.output]
@@ -55,6 +56,19 @@ class _Prepared:
                 self.layer_last[src] = node.output[0]
         for k, v in self.layer_last.items():
             self.node_outputs.setdefault(k, v)
+        # nodes inside If/Loop/Scan subgraphs: read through a probe copy of the model; a
+        # layer's output is the first output of its last node, as for top-level layers
+        from portanet.ir.probes import inner_values, walk
+
+        self.inner = set(inner_values(proto))
+        inner_last: dict[str, str] = {}
+        for node, parents in walk(proto.graph):
+            src = next((p.value for p in node.metadata_props if p.key == "portanet.source"), node.name)
+            if parents and src and node.output and node.output[0]:
+                inner_last[src] = node.output[0]
+        for k, v in inner_last.items():
+            self.node_outputs.setdefault(k, v)
+        self.proto = proto
         self.evaluator = ReferenceEvaluator(proto)
 
 
@@ -74,9 +88,21 @@ def run_reference(
     name, or a ``portanet.source`` provenance name the file carries)."""
     prep = prepare(sources, options)
     wanted = [n for n in layers or [] if n in prep.node_outputs]
-    names = prep.outputs + [prep.node_outputs[n] for n in wanted]
-    values = prep.evaluator.run(names, dict(feeds))
+    inner = [prep.node_outputs[n] for n in wanted if prep.node_outputs[n] in prep.inner]
+    evaluator, mapping = prep.evaluator, {}
+    if inner:  # values inside subgraphs leave them as extra outputs of a probe copy
+        from onnx.reference import ReferenceEvaluator
+
+        from portanet.ir.probes import expose_inner_values
+
+        probe, mapping = expose_inner_values(prep.proto, inner)
+        evaluator = ReferenceEvaluator(probe)
+    names = prep.outputs + [mapping.get(prep.node_outputs[n], prep.node_outputs[n]) for n in wanted]
+    values = evaluator.run(names, dict(feeds))
     result = {n: np.asarray(v) for n, v in zip(prep.outputs, values)}
     for layer, v in zip(wanted, values[len(prep.outputs):]):
-        result[layer] = np.asarray(v)
+        arr = np.asarray(v)
+        if prep.node_outputs[layer] in prep.inner and arr.size == 0 and arr.ndim == 1:
+            continue  # an If branch that did not run: the layer has no output this time
+        result[layer] = arr
     return result

@@ -406,3 +406,17 @@ def test_config_and_weights_that_disagree_are_left_to_keras(tmp_path) -> None:
             dst.writestr(info, data)
     with pytest.raises(ConversionError, match="kernel of shape \\(12, 16\\) does not match the config"):
         portanet.convert(str(bad), keras_reader="config")
+
+
+def test_compressed_archive(tmp_path) -> None:
+    """A .keras archive whose members are deflated (Keras stores them): the weights file is
+    extracted once and read like a stored one."""
+    import zipfile
+
+    model, path = _model_file("conv_variants", ".keras")
+    packed = tmp_path / "packed.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    converted = portanet.convert(str(packed), keras_reader="config")
+    assert_parity(converted, model, random_inputs(model), nchw=False)
