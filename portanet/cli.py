@@ -90,6 +90,8 @@ def user_code_options() -> list:
             from portanet.converters.plugins import trust_code
 
             trust_code()
+            # for this command only: an in-process caller's later loads stay in safe mode
+            ctx.call_on_close(lambda: trust_code(False))
 
     return [
         click.option("--import", "imports", multiple=True, metavar="MODULE", expose_value=False, callback=_imports,

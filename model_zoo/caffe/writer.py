@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo.common import cache_dir
+from model_zoo.common import cache_dir, cached
 
 HERE = Path(__file__).resolve().parent
 #: zoo nets committed as prototxt files
@@ -312,7 +312,9 @@ def prototxt_path(name: str) -> Path:
         text = GENERATED[name]()
         path = cache_dir("caffe") / f"{name}.prototxt"
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+            from portanet.ir.io import atomic_write_bytes
+
+            atomic_write_bytes(path, text.encode())  # a parallel test worker may be reading it
         return path
     return HERE / f"{name}.prototxt"
 
@@ -321,9 +323,9 @@ def build(name: str, *, seed: int = 0, input_shapes: dict[str, list[int]] | None
     """(prototxt, caffemodel) of zoo net ``name``, writing the caffemodel once into the cache."""
     prototxt = prototxt_path(name)
     out = cache_dir("caffe") / f"{name}-s{seed}-w{WRITER_VERSION}.caffemodel"
-    if not out.exists() or out.stat().st_mtime < prototxt.stat().st_mtime:
-        shapes = input_shapes if input_shapes is not None else ZOO_INPUTS.get(name)
-        write_caffemodel(prototxt.read_text(), out, seed=seed, input_shapes=shapes)
+    shapes = input_shapes if input_shapes is not None else ZOO_INPUTS.get(name)
+    cached(out, lambda tmp: write_caffemodel(prototxt.read_text(), tmp, seed=seed, input_shapes=shapes),
+           stale=lambda p: p.stat().st_mtime < prototxt.stat().st_mtime)
     return prototxt, out
 
 

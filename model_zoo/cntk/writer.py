@@ -273,9 +273,10 @@ class CntkWriter:
         return top
 
     def save(self, path: str | Path, root_output: str | Sequence[str], *, large: bool = False, name: str = "") -> Path:
-        p = Path(path)
-        p.write_bytes(encode(self.model(root_output, name), large=large))
-        return p
+        from portanet.ir.io import atomic_write_bytes
+
+        # atomically: the zoo rewrites its cached files while parallel test workers read them
+        return atomic_write_bytes(path, encode(self.model(root_output, name), large=large))
 
 
 class _BlockHandle:

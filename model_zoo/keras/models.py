@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo.common import cache_dir
+from model_zoo.common import cache_dir, cached
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -140,10 +140,4 @@ def save_model(name: str, suffix: str = ".keras", seed: int = 0) -> Path:
     """Build ``name`` and save it as ``<cache>/keras/<name>-s<seed>-<tag><suffix>`` (reused if present;
     ``tag`` hashes this file, so editing a builder never reuses a stale model)."""
     tag = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
-    path = cache_dir("keras") / f"{name}-s{seed}-{tag}{suffix}"
-    if not path.exists():
-        model = build(name, seed)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        model.save(tmp)
-        os.replace(tmp, path)
-    return path
+    return cached(cache_dir("keras") / f"{name}-s{seed}-{tag}{suffix}", lambda tmp: build(name, seed).save(tmp))

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from model_zoo.common import REPO, cache_dir
+from model_zoo.common import REPO, build_lock, cache_dir
 
 HERE = Path(__file__).resolve().parent
 _SCRIPTS = ("build.py", "op_cases.py")
@@ -53,28 +53,37 @@ def build(parts: tuple[str, ...] = ALL_PARTS) -> Path:
     """Build (once) and return the folder with the reference models of ``parts``."""
     py = mxnet_python()
     out = cache_dir("mxnet", builder_hash())
-    missing = [p for p in parts if not (out / f".done-{p}").exists()]
-    if not missing:
+
+    def missing() -> list[str]:
+        return [p for p in parts if not (out / f".done-{p}").exists()]
+
+    if not missing():
         return out
     if py is None:
         raise RuntimeError("the mxnet side environment is missing; run `make mxnet-env`")
-    # build into a temporary folder and move files in: a killed build leaves no half files
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
-    try:
-        proc = subprocess.run([str(py), str(HERE / "build.py"), str(tmp), *missing], env=mxnet_env(),
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mxnet reference build failed:\n{proc.stderr[-4000:]}")
-        manifest = json.loads((tmp / "manifest.json").read_text())
-        for f in tmp.iterdir():
-            if f.name != "manifest.json":
-                os.replace(f, out / f.name)
-        for part in missing:
-            (out / f"manifest-{part}.json").write_text(json.dumps(manifest["built"][part]))
-            (out / f".done-{part}").touch()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _prune(out)
+    from portanet.ir.io import atomic_write_bytes
+
+    with build_lock(out):  # parallel test workers: one builds, the others wait and reuse it
+        todo = missing()
+        if not todo:
+            return out
+        # build into a temporary folder and move files in: a killed build leaves no half files
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+        try:
+            proc = subprocess.run([str(py), str(HERE / "build.py"), str(tmp), *todo], env=mxnet_env(),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"mxnet reference build failed:\n{proc.stderr[-4000:]}")
+            manifest = json.loads((tmp / "manifest.json").read_text())
+            for f in tmp.iterdir():
+                if f.name != "manifest.json":
+                    os.replace(f, out / f.name)
+            for part in todo:
+                atomic_write_bytes(out / f"manifest-{part}.json", json.dumps(manifest["built"][part]).encode())
+                (out / f".done-{part}").touch()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _prune(out)
     return out
 
 
@@ -96,19 +105,26 @@ def build_side_references(script: str, cache_name: str, env: dict[str, str], wha
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256((here / script).read_bytes()).hexdigest()[:12]
     out = cache_dir(cache_name, digest)
-    if not (out / "manifest.json").exists():
-        py = mxnet_python()
-        if py is None:
-            raise RuntimeError("the mxnet side environment is missing; run `make mxnet-env`")
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
-        try:
-            proc = subprocess.run([str(py), str(here / script), str(tmp)], env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"mxnet {what} reference build failed:\n{proc.stderr[-4000:]}")
-            for f in tmp.iterdir():
-                if f.name != "manifest.json":
-                    os.replace(f, out / f.name)
-            os.replace(tmp / "manifest.json", out / "manifest.json")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out, json.loads((out / "manifest.json").read_text())
+    manifest = out / "manifest.json"
+    if not manifest.exists():
+        with build_lock(manifest):  # parallel test workers: one builds, the others wait and reuse it
+            if not manifest.exists():
+                _build_side(script, out, env, what)
+    return out, json.loads(manifest.read_text())
+
+
+def _build_side(script: str, out: Path, env: dict[str, str], what: str) -> None:
+    py = mxnet_python()
+    if py is None:
+        raise RuntimeError("the mxnet side environment is missing; run `make mxnet-env`")
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    try:
+        proc = subprocess.run([str(py), str(HERE / script), str(tmp)], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"mxnet {what} reference build failed:\n{proc.stderr[-4000:]}")
+        for f in tmp.iterdir():
+            if f.name != "manifest.json":
+                os.replace(f, out / f.name)
+        os.replace(tmp / "manifest.json", out / "manifest.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

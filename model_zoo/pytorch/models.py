@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model_zoo.common import cache_dir
+from model_zoo.common import cache_dir, cached
 
 
 class CaseStudyCNN(nn.Module):
@@ -285,12 +285,10 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 def save_pt2(name: str, seed: int = 0, batch: int = 2) -> Path:
     """``torch.export.save`` of a zoo model with a dynamic batch dimension, cached on disk."""
-    path = cache_dir("pytorch") / f"{name}-s{seed}.pt2"
-    if not path.exists():
+    def write(tmp: Path) -> None:
         model = build(name, seed)
         x = torch.randn(batch, *ZOO[name].input_shape)
         ep = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("N")},))
-        tmp = path.with_suffix(".tmp.pt2")
         torch.export.save(ep, tmp)
-        tmp.replace(path)
-    return path
+
+    return cached(cache_dir("pytorch") / f"{name}-s{seed}.pt2", write)

@@ -117,10 +117,11 @@ def import_modules(names: Iterable[str]) -> None:
                                     f"{_first_line(exc)})") from exc
 
 
-def trust_code() -> None:
-    """Allow model files to carry executable code (Keras Lambda layers) in this process."""
+def trust_code(enabled: bool = True) -> None:
+    """Allow (or, with ``enabled=False``, refuse again) model files carrying executable code
+    (Keras Lambda layers) in this process."""
     global _TRUST_CODE
-    _TRUST_CODE = True
+    _TRUST_CODE = enabled
 
 
 def code_trusted() -> bool:

@@ -97,22 +97,24 @@ def _build(source: Source, folder: Path) -> None:
 
 def converted(source_id: str) -> Converted:
     """The cached files of ``source_id``, converting on first use."""
-    from model_zoo.common import cache_dir
+    from model_zoo.common import build_lock, cache_dir
 
     source = SOURCES[source_id]
     folder = cache_dir("compat") / f"{source_id}-{code_key()}{'-full' if FULL else ''}"
     if not (folder / "meta.json").exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{source_id}-", dir=folder.parent))
-        try:
-            _build(source, tmp)
-            with contextlib.suppress(OSError):  # another worker may have finished first
-                os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        own = re.compile(rf"{re.escape(source_id)}-[0-9a-f]{{12}}(-full)?")
-        for old in folder.parent.iterdir():  # this model's folders of older code
-            if old != folder and own.fullmatch(old.name):
-                shutil.rmtree(old, ignore_errors=True)
+        with build_lock(folder):  # parallel test workers: one converts, the others wait
+            if not (folder / "meta.json").exists():
+                tmp = Path(tempfile.mkdtemp(prefix=f".{source_id}-", dir=folder.parent))
+                try:
+                    _build(source, tmp)
+                    with contextlib.suppress(OSError):  # another worker may have finished first
+                        os.rename(tmp, folder)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                own = re.compile(rf"{re.escape(source_id)}-[0-9a-f]{{12}}(-full)?")
+                for old in folder.parent.iterdir():  # this model's folders of older code
+                    if old != folder and own.fullmatch(old.name):
+                        shutil.rmtree(old, ignore_errors=True)
     meta = json.loads((folder / "meta.json").read_text())
     errors = {int(k): v for k, v in meta["errors"].items()}
     paths = {o: folder / f"op{o}.onnx" for o in meta["opsets"]}

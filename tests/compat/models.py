@@ -103,15 +103,10 @@ def _cntk(name: str) -> Callable[[], Any]:
 # ------------------------------------------------------------------------------------ onnx
 def _onnx_file(make: Callable[[Path], None], name: str) -> Callable[[], Any]:
     def convert() -> Any:
-        from model_zoo.common import cache_dir
+        from model_zoo.common import cache_dir, cached
         from portanet.converters.registry import convert_paths
 
-        path = cache_dir("onnx") / f"{name}.onnx"
-        if not path.exists():
-            tmp = path.with_name(f".tmp-{path.name}")
-            make(tmp)
-            tmp.replace(path)
-        return convert_paths([path])
+        return convert_paths([cached(cache_dir("onnx") / f"{name}.onnx", make)])
 
     return convert
 

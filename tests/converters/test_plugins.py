@@ -275,6 +275,25 @@ def test_keras_failing_plugin_names_it(plugins) -> None:
     assert "layer 'double' (Doubler)" in msg and "no idea how to double" in msg
 
 
+def test_trust_code_lasts_one_command(tmp_path) -> None:
+    """Regression: ``--trust-code`` of one in-process CLI command (the README test runs the CLI
+    in-process) stayed on for the rest of the process, so a later command loaded a file's
+    Lambda code without being asked to (seen as an order-dependent failure under pytest-xdist)."""
+    import keras
+
+    from portanet.converters.plugins import code_trusted
+
+    inp = keras.Input((4,), name="x")
+    path = tmp_path / "lambdas.keras"
+    keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0, name="double")(inp)).save(path)
+    trusted = _cli("convert", str(path), "-o", str(tmp_path / "trusted.onnx"), "--trust-code")
+    assert trusted.exit_code == 0, trusted.output
+    assert not code_trusted()
+    refused = _cli("convert", str(path), "-o", str(tmp_path / "refused.onnx"))
+    assert refused.exit_code == 2 and "--trust-code" in refused.output, refused.output
+    assert not (tmp_path / "refused.onnx").exists()
+
+
 # -- CNTK -------------------------------------------------------------------------------------
 @pytest.fixture()
 def cntk_relu(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from model_zoo.common import cache_dir  # noqa: E402
+from model_zoo.common import build_lock, cache_dir, cached  # noqa: E402
 from tests.fuzz import mutators as M  # noqa: E402
 from tests.fuzz.harness import Outcome, convert_case  # noqa: E402
 
@@ -65,11 +65,7 @@ def cntk_seed() -> dict[str, Path]:
     """The zoo's CNTK convnet, copied once (the writer's byte order varies between processes)."""
     from model_zoo.cntk.nets import build
 
-    path = cache_dir("fuzz", "cntk") / "convnet.model"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        shutil.copyfile(build("convnet").path, tmp)
-        tmp.replace(path)
+    path = cached(cache_dir("fuzz", "cntk") / "convnet.model", lambda tmp: shutil.copyfile(build("convnet").path, tmp))
     return {"model": path}
 
 
@@ -82,11 +78,13 @@ def onnx_seed() -> dict[str, Path]:
     folder = cache_dir("fuzz", "onnx")
     inline, ext = folder / "lenet.onnx", folder / "ext" / "lenet.onnx"
     if not inline.exists() or not ext.exists():
-        seed = caffe_seed()
-        model = convert_paths([seed["prototxt"], seed["caffemodel"]])
-        ext.parent.mkdir(exist_ok=True)
-        save_onnx(model, ext, external_data=True)
-        save_onnx(model, inline)
+        with build_lock(inline):  # parallel test workers: one writes, the others wait
+            if not inline.exists() or not ext.exists():
+                seed = caffe_seed()
+                model = convert_paths([seed["prototxt"], seed["caffemodel"]])
+                ext.parent.mkdir(exist_ok=True)
+                save_onnx(model, ext, external_data=True)
+                save_onnx(model, inline)
     return {"onnx": inline, "ext_onnx": ext, "ext_data": ext.with_name("lenet.onnx.data")}
 
 
@@ -103,9 +101,8 @@ def torch_seed() -> dict[str, Path]:
 
     from model_zoo.pytorch.models import build, save_pt2
 
-    ts = cache_dir("fuzz", "pytorch") / "case_study_cnn.pt"
-    if not ts.exists():
-        torch.jit.trace(build("case_study_cnn"), torch.randn(2, 1, 28, 28)).save(str(ts))
+    ts = cached(cache_dir("fuzz", "pytorch") / "case_study_cnn.pt",
+                lambda tmp: torch.jit.trace(build("case_study_cnn"), torch.randn(2, 1, 28, 28)).save(str(tmp)))
     return {"pt2": save_pt2("case_study_cnn"), "torchscript": ts}
 
 

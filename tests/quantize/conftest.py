@@ -37,13 +37,12 @@ def digits() -> Any:
 def _convert(module: Any, digits: Any, name: str) -> Path:
     """portanet's conversion of ``module``, cached beside its weights (same key)."""
     import portanet
-    from model_zoo.common import cache_dir
+    from model_zoo.common import cache_dir, cached
 
-    path = cache_dir("quantize") / f"{name}-{STEPS}steps-{_cache_key()}.onnx"
-    if not path.exists():
-        model = portanet.convert(module, example_inputs=(torch.from_numpy(digits.x_test[:1]),))
-        portanet.save(model, path)
-    return path
+    def write(tmp: Path) -> None:
+        portanet.save(portanet.convert(module, example_inputs=(torch.from_numpy(digits.x_test[:1]),)), tmp)
+
+    return cached(cache_dir("quantize") / f"{name}-{STEPS}steps-{_cache_key()}.onnx", write)
 
 
 def _cache_key() -> str:
@@ -62,25 +61,24 @@ def _cache_key() -> str:
 @pytest.fixture(scope="session")
 def trained_cnn(digits: Any) -> Trained:
     from model_zoo import case_study_nets as nets
-    from model_zoo.common import cache_dir
+    from model_zoo.common import cache_dir, cached
     from model_zoo.pytorch.models import CaseStudyCNN
 
     torch.manual_seed(0)
     module = CaseStudyCNN()
-    # the natively trained weights are cached, keyed by the builder and trainer sources
-    weights = cache_dir("quantize") / f"case_study_cnn-{STEPS}steps-{_cache_key()}.pt"
-    if weights.exists():
-        module.load_state_dict(torch.load(weights, weights_only=True))
-    else:
+
+    def train(tmp: Path) -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a shared machine: one thread is as fast and repeatable
         try:
             nets.train_pytorch(module, digits, nets.TrainSettings(epochs=1, max_batches=STEPS))
         finally:
             torch.set_num_threads(threads)
-        tmp = weights.with_suffix(".tmp")
         torch.save(module.state_dict(), tmp)
-        tmp.replace(weights)
+
+    # the natively trained weights are cached, keyed by the builder and trainer sources
+    weights = cached(cache_dir("quantize") / f"case_study_cnn-{STEPS}steps-{_cache_key()}.pt", train)
+    module.load_state_dict(torch.load(weights, weights_only=True))
     module.eval()
     acc = nets.accuracy(nets.predict_pytorch(module, digits.x_test), digits.y_test)
     return Trained(module, _convert(module, digits, "case_study_cnn"), acc, digits)

@@ -21,7 +21,7 @@ def zoo(request):
     import hashlib
 
     import portanet
-    from model_zoo.common import cache_dir
+    from model_zoo.common import cache_dir, cached
     from model_zoo.pytorch import models
     from model_zoo.pytorch.models import ZOO, build
 
@@ -30,9 +30,8 @@ def zoo(request):
                          .astype(np.float32))
     # the conversion is cached, keyed by the zoo builder's source (like the zoo's own files)
     key = hashlib.sha256(open(models.__file__, "rb").read()).hexdigest()[:12]
-    path = cache_dir("quantize") / f"{request.param}-{key}.onnx"
-    if not path.exists():
-        portanet.save(portanet.convert(module, example_inputs=(x[:2],)), path)
+    path = cached(cache_dir("quantize") / f"{request.param}-{key}.onnx",
+                  lambda tmp: portanet.save(portanet.convert(module, example_inputs=(x[:2],)), tmp))
     with torch.no_grad():
         ref = module(x).numpy()
     return request.param, path, x.numpy(), ref

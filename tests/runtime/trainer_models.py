@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -71,21 +70,21 @@ def export_onnx(module, path: Path, input_shape: tuple[int, ...]) -> Path:
     """Export ``module`` with ``torch.onnx`` (batch dimension symbolic), keeping Dropout nodes."""
     import torch
 
-    if path.is_file():
-        return path
-    module.train()  # keep Dropout in the exported graph (see the module docstring)
-    x = torch.zeros(2, *input_shape[1:])
-    batch = torch.export.Dim("N", min=1)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (x,), dynamo=True, input_names=["input"], output_names=["probs"],
-                                    dynamic_shapes=({0: batch},), opset_version=18, verbose=False)
-    proto = _strip_training_mode(program.model_proto)
-    onnx.checker.check_model(proto)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel test workers may export at once
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
-    return path
+    from model_zoo.common import cached
+
+    def write(tmp: Path) -> None:
+        module.train()  # keep Dropout in the exported graph (see the module docstring)
+        x = torch.zeros(2, *input_shape[1:])
+        batch = torch.export.Dim("N", min=1)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (x,), dynamo=True, input_names=["input"], output_names=["probs"],
+                                        dynamic_shapes=({0: batch},), opset_version=18, verbose=False)
+        proto = _strip_training_mode(program.model_proto)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    return cached(path, write)  # parallel test workers export once
 
 
 def case_study_onnx(seed: int = 0) -> Path:

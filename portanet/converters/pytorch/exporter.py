@@ -27,7 +27,7 @@ from portanet._deps import require
 from portanet.converters.pytorch.rnn import symbolic_rnn
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
-from portanet.ir.builder import BATCH, CANONICAL_OPSET
+from portanet.ir.builder import BATCH, CANONICAL_OPSET, TIME
 from portanet.ir.frozen import mark_frozen
 from portanet.ir.io import convert_opset
 from portanet.ir.metadata import set_model_metadata
@@ -115,10 +115,6 @@ def _trace_args(args: tuple[Any, ...], axes: Sequence[dict[int, str] | None]) ->
                 a = a.repeat_interleave(_TRACE_BATCH, dim=axis)
         out.append(a)
     return tuple(out)
-
-
-#: the name of the symbolic time axis of recurrent models
-TIME = "T"
 
 
 def dynamic_axes(module: Any, args: tuple[Any, ...], options: ConvertOptions) -> list[dict[int, str]]:
