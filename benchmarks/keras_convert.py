@@ -100,9 +100,13 @@ def whole_process(size: int, runs: int) -> None:
     (run before this process imports anything large, so the children's peak RSS is their own).
     Each is run ``runs`` times, alternately; the best wall time of each is compared (on a
     shared machine other processes only ever add time), with the CPU time of that run."""
+    import compileall
     import tempfile
 
     repo = str(Path(__file__).resolve().parents[1])
+    # byte-compiled like an installed package (an editable checkout run with
+    # PYTHONDONTWRITEBYTECODE would recompile portanet in every process; TensorFlow's are)
+    compileall.compile_dir(str(Path(repo) / "portanet"), quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         src = str(Path(tmp) / "resnet50.keras")
         _measure([sys.executable, "-c", _SAVE_CHILD, src, str(size), repo])

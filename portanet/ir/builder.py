@@ -35,6 +35,8 @@ CANONICAL_OPSET = 18
 IR_VERSION = 10
 #: name of the symbolic batch dimension of graph inputs
 BATCH = "N"
+#: name of the symbolic time axis of sequence inputs (recurrent models)
+TIME = "T"
 
 Dim = int | str | None
 

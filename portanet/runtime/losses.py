@@ -109,6 +109,25 @@ class Loss(ABC):
     def check_targets(self, y: np.ndarray, out_shape: tuple[int, ...], *, where: str, output: str) -> None:
         """Raise InvalidInputError when targets ``y`` cannot supervise outputs of ``out_shape`` (N, ...)."""
 
+    def predictions(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The predicted class of each sample (or position) for accuracy."""
+        return class_scores(output, target).argmax(1)
+
+
+def _one_label_scores(out_shape: tuple[int, ...], label_ndim: int) -> bool:
+    """Whether outputs of ``out_shape`` (N, 1, ..., C, ..., 1) hold one score vector per sample
+    for one label per sample: a single axis besides the batch is not 1 (e.g. a length-1
+    sequence (N, 1, C) from a sequence model's last step, or (N, C, 1, 1) from a conv head)."""
+    return label_ndim == 1 and len(out_shape) > 2 and sum(d != 1 for d in out_shape[1:]) == 1
+
+
+def class_scores(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``output`` as (N, C) when it holds one score vector per sample for one label per sample
+    (see :func:`_one_label_scores`), else unchanged (class axis 1)."""
+    if _one_label_scores(tuple(output.shape), target.dim()):
+        return output.reshape(output.shape[0], -1)
+    return output
+
 
 _LOSSES: dict[str, type[Loss]] = {}
 
@@ -138,6 +157,7 @@ class CrossEntropy(Loss):
     def __call__(self, output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
         import torch.nn.functional as F
 
+        output = class_scores(output, target)
         if kind == "log_probs":
             return F.nll_loss(output, target)
         if kind == "probs":
@@ -152,6 +172,8 @@ class CrossEntropy(Loss):
             raise InvalidInputError(
                 f"{where}: cross-entropy needs class scores (N, C) from output '{output}', received shape {list(out_shape)}"
             )
+        if _one_label_scores(tuple(out_shape), y.ndim):
+            out_shape = (out_shape[0], max(out_shape[1:]))
         if tuple(y.shape[1:]) != tuple(out_shape[2:]):
             raise InvalidInputError(
                 f"{where}: labels of shape {list(y.shape[1:]) or 'scalar'} per sample do not match output '{output}' "

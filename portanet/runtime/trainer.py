@@ -459,7 +459,7 @@ class Trainer:
             with torch.no_grad():
                 loss_sum += loss.detach().double() * len(idx)
                 if classify:
-                    correct += (out.argmax(1) == yb).sum()
+                    correct += (prep.loss.predictions(out, yb) == yb).sum()
             seen += len(idx)
             if emit and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
                 rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
@@ -511,7 +511,7 @@ class Trainer:
                 out = self._forward(module, xb)
                 loss_sum += float(prep.loss(out, yb, prep.graph.kind)) * len(idx)
                 if prep.loss.classification:
-                    correct += int((out.argmax(1) == yb).sum())
+                    correct += int((prep.loss.predictions(out, yb) == yb).sum())
         module.train(was_training)
         loss_sum, correct, n = ctx.all_reduce_sum([loss_sum, float(correct), float(len(idx_all))])
         result = {"loss": loss_sum / max(n, 1)}

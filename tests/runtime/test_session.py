@@ -82,3 +82,39 @@ def test_scalar_feed_stays_scalar():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     out = Session(m).run({"x": np.ones(3, np.float32), "s": np.float32(2.0)})
     np.testing.assert_array_equal(out["y"], [2.0, 2.0, 2.0])
+
+
+def test_large_initializers_reach_ort_from_memory():
+    """Weights of every numpy dtype go to ONNX Runtime from memory, not through the protobuf:
+    same results as numpy, the IR model is left as it was, and the session keeps its own copy."""
+    import onnx_ir as ir
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)  # 16 KB: from memory
+    idx = rng.integers(0, 64, 300).astype(np.int64)  # 2.4 KB int64
+    h = rng.standard_normal(600).astype(np.float16)  # 1.2 KB float16
+    mask = rng.integers(0, 2, 2000).astype(bool)[:300]
+    mask = np.tile(mask, 4)[:1200].reshape(4, 300)  # 1.2 KB bool
+    small = np.float32([2.0])  # stays inside the graph
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (idx, "idx"), (h, "h"), (mask, "mask"),
+                                                         (small, "small"))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]),
+             helper.make_node("Gather", ["xw", "idx"], ["g"], axis=1),
+             helper.make_node("Where", ["mask", "g", "small"], ["y"]),
+             helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 300]),
+                           helper.make_tensor_value_info("hf", TensorProto.FLOAT, [600])], initializer=inits)
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)],
+                                                         ir_version=10))
+    w_ir = w.copy()
+    model.graph.initializers["w"].const_value = ir.tensor(w_ir, name="w")  # backed by a writable array
+    before = {n: v.const_value for n, v in model.graph.initializers.items()}
+    s = Session(model)
+    assert {n: v.const_value for n, v in model.graph.initializers.items()} == before  # nothing swapped left
+    w_ir[...] = 0.0  # an in-place edit of the IR's weights after the session was made
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    out = s.run({"x": x})
+    np.testing.assert_allclose(out["y"], np.where(mask, (x @ w)[:, idx], 2.0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["hf"], h.astype(np.float32))

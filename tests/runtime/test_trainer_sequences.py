@@ -149,3 +149,30 @@ def test_train_cli_on_sequences(seq_mnist, tmp_path) -> None:
                                       "--optimizer", "adam", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 4), (5, 4, 1, 1)])
+def test_cross_entropy_on_one_score_vector_per_sample(shape) -> None:
+    """Outputs holding one score vector per sample in a larger shape — a length-1 sequence
+    (N, 1, C) from a sequence model's last step, or a conv head's (N, C, 1, 1) — train with
+    integer labels (N,): the loss and the predictions use the C scores. Reference: numpy's
+    log-softmax written here."""
+    import torch
+
+    from portanet.runtime.losses import make_loss
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal(shape).astype(np.float32)
+    labels = rng.integers(0, 4, size=shape[0])
+    loss = make_loss("cross_entropy")
+    loss.check_targets(labels, shape, where="data.npz", output="out")  # accepted
+    got = float(loss(torch.from_numpy(scores), torch.from_numpy(labels), "logits"))
+    flat = scores.reshape(shape[0], 4).astype(np.float64)
+    logp = flat - flat.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    ref = -logp[np.arange(shape[0]), labels].mean()
+    assert abs(got - ref) <= 1e-6
+    pred = loss.predictions(torch.from_numpy(scores), torch.from_numpy(labels)).numpy()
+    assert np.array_equal(pred, flat.argmax(1))
+    with pytest.raises(portanet.errors.InvalidInputError, match="labels range 0..4 but output 'out' has 4 classes"):
+        loss.check_targets(np.array([0, 4]), shape, where="data.npz", output="out")

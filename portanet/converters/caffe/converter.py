@@ -22,7 +22,7 @@ from portanet.converters.caffe.ops import HANDLERS
 from portanet.converters.caffe.ops.normalization import can_fuse_scale
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, InvalidModelError
-from portanet.ir.builder import BATCH, GraphBuilder
+from portanet.ir.builder import BATCH, TIME, GraphBuilder
 from portanet.ir.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class _Converter:
             input_names.add(spec.name)
             self.named.add(id(v))
             # static shapes track the declared batch; symbolic override dims count as 1
-            declared = spec.shape if isinstance(shape[0], str) and shape[0] == BATCH else shape
+            declared = spec.shape if isinstance(shape[0], str) and shape[0] in (BATCH, TIME) else shape
             self.blobs[spec.name] = Out(v, [d if isinstance(d, int) else 1 for d in declared])
         last = self._last_writers()
         # reserve every final blob name so that no intermediate node takes it
@@ -222,9 +222,26 @@ class _Converter:
             )
         shape: list[int | str] = list(spec.shape)
         if spec.name not in self.options.input_shapes and "" not in self.options.input_shapes:
-            if self.options.dynamic_batch and len(shape) > 1:
+            role = self._recurrent_roles().get(spec.name)
+            if role == "time":
+                shape[0] = TIME  # (T, N, ...) sequences and cont: one conversion, any length
+            elif role is None and self.options.dynamic_batch and len(shape) > 1:
                 shape[0] = BATCH
+            # role "fixed": a recurrent layer's static input (N, ...) or initial state
+            # (1, N, H), whose sizes the sequences' N fixes: as declared
         return shape
+
+    def _recurrent_roles(self) -> dict[str, str]:
+        """Graph inputs read directly by recurrent layers (LSTM/RNN) -> "time" (bottoms x and
+        cont: the leading axis is the time axis) or "fixed" (the other bottoms)."""
+        roles: dict[str, str] = {}
+        inputs = {spec.name for spec in self.deploy.inputs}
+        for layer in self.deploy.layers:
+            if layer.type in ("LSTM", "RNN"):
+                for i, b in enumerate(layer.bottoms):
+                    if b in inputs and roles.get(b) != "time":
+                        roles[b] = "time" if i < 2 else "fixed"
+        return roles
 
     def _convert_layer(self, layer: Layer, fused_bn: Layer | None) -> list[Out]:
         ins = [self.blobs[bt] for bt in layer.bottoms]

@@ -27,7 +27,7 @@ from portanet._deps import require
 from portanet.converters.pytorch.rnn import symbolic_rnn
 from portanet.converters.registry import ConvertOptions
 from portanet.errors import ConversionError, InvalidInputError, UnsupportedOpError
-from portanet.ir.builder import BATCH, CANONICAL_OPSET
+from portanet.ir.builder import BATCH, CANONICAL_OPSET, TIME
 from portanet.ir.frozen import mark_frozen
 from portanet.ir.io import convert_opset
 from portanet.ir.metadata import set_model_metadata
@@ -117,10 +117,6 @@ def _trace_args(args: tuple[Any, ...], axes: Sequence[dict[int, str] | None]) ->
     return tuple(out)
 
 
-#: the name of the symbolic time axis of recurrent models
-TIME = "T"
-
-
 def dynamic_axes(module: Any, args: tuple[Any, ...], options: ConvertOptions) -> list[dict[int, str]]:
     """Per positional input: axis -> symbolic dimension name.
 
@@ -186,6 +182,33 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _fresh_rnn_dispatch() -> Iterator[None]:
+    """Forget the dispatch decisions cached on ``aten::lstm`` / ``aten::gru``, before and after
+    an export.
+
+    For a symbolic time axis torch's exporter swaps these ops' decomposition for a loop-based
+    one during the export by assigning their Python kernels directly, which leaves the op's
+    dispatch cache as it was: an entry cached by anything in between (an eager run, an earlier
+    export) makes the next export use the per-step decomposition, which pins the time axis to
+    the traced length (every conversion after the first in a process lost its symbolic T)."""
+    import torch
+
+    ops = [torch.ops.aten.lstm.input, torch.ops.aten.gru.input]
+
+    def clear() -> None:
+        for op in ops:
+            cache = getattr(op, "_dispatch_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+    clear()
+    try:
+        yield
+    finally:
+        clear()
+
+
 def export_to_ir(
     obj: Any,
     options: ConvertOptions,
@@ -228,7 +251,7 @@ def export_to_ir(
         raise InvalidInputError(f"{where}: expected an nn.Module or ExportedProgram, received {type(obj).__name__}")
     try:
         # nn.RNN as ONNX RNN nodes (symbolic time axis) instead of torch's per-step unrolling
-        with _quiet(), symbolic_rnn(module) as table:
+        with _quiet(), _fresh_rnn_dispatch(), symbolic_rnn(module) as table:
             if table:
                 kwargs["custom_translation_table"] = table
             try:

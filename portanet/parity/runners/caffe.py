@@ -440,24 +440,44 @@ def describe(sources: Sequence[Any], options: Any = None) -> str:
     return f"OpenCV DNN {cv2.__version__}"
 
 
+#: layer types whose blob sizes real Caffe fixes when it sets the net up (``RecurrentLayer``:
+#: the number of time steps; reshaping the input later fails "input number of timesteps changed")
+_SETUP_SHAPED = frozenset({"LSTM", "RNN"})
+
+
+def _input_shapes_from_feeds(layers: Sequence[Any], feeds: Mapping[str, np.ndarray]) -> None:
+    """Declare the feeds' shapes in the ``Input`` layers (in place), so that layers shaped at
+    setup (recurrent layers: the number of steps) are built for them."""
+    for lp in layers:
+        if lp.type == "Input" and lp.top and all(t in feeds for t in lp.top):
+            lp.input_param.ClearField("shape")
+            for t in lp.top:
+                lp.input_param.shape.add().dim.extend(feeds[t].shape)
+
+
 def _caffe_files(sources: Sequence[Any], feeds: Mapping[str, np.ndarray], options: Any, layers: Sequence[str],
                  folder: Path, force_backward: bool = False) -> tuple[Path, Path | None, dict[str, str]]:
     """(prototxt, caffemodel, requested layer -> blob holding its output) for real Caffe.
 
     Train/test nets become their TEST-phase deploy graph with ``Input`` layers of the feeds'
-    shapes; with requested layers, every layer writes fresh blobs (in-place layers included)."""
+    shapes, and so do the ``Input`` layers of nets with recurrent layers (real Caffe fixes their
+    number of steps at setup); with requested layers, every layer writes fresh blobs (in-place
+    layers included)."""
     from google.protobuf import text_format
 
     from portanet.converters.caffe import schema
 
     definition, prototxt, weights = _definition(sources, options)
     train_test = _is_train_test(definition)
-    if prototxt is not None and not train_test and not layers and not force_backward:
+    setup_shaped = any(lp.type in _SETUP_SHAPED for lp in definition.layer)
+    if prototxt is not None and not train_test and not layers and not force_backward and not setup_shaped:
         return prototxt, weights, {}
     if train_test:
         out_layers = _deploy_layers(definition, str(prototxt or weights), feeds)
     else:
         out_layers = list(definition.layer)
+        if setup_shaped:
+            _input_shapes_from_feeds(out_layers, feeds)
     blob_of: dict[str, str] = {}
     if layers:
         last = {t: i for i, lp in enumerate(out_layers) for t in lp.top}

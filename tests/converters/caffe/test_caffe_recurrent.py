@@ -161,7 +161,7 @@ def test_matches_caffe_semantics(converted, case) -> None:
     c = Case(case)
     for batch in BATCHES:
         model = converted(case, batch)
-        assert not isinstance(model.graph.inputs[0].shape[0], int)  # the time axis is free
+        assert str(model.graph.inputs[0].shape[0]) == "T"  # the time axis is free
         sessions = {b: Session(model, backend=b) for b in ("ort", "torch")}
         for steps in STEPS:
             feeds = c.feeds(steps, batch)
@@ -238,3 +238,23 @@ def test_wrong_blob_count_is_one_error(caffe) -> None:
     weights = caffe.write_weights("r.caffemodel", {"r": [np.zeros((5, F)), np.zeros(5), np.zeros((5, 5))]})
     with pytest.raises(ConversionError, match="expected 5 blob"):
         convert_paths([proto, weights], ConvertOptions())
+
+
+@pytest.mark.caffe
+def test_verify_runs_real_caffe_at_the_fed_lengths(real_caffe, converted, tmp_path) -> None:
+    """verify feeds sequence lengths other than the prototxt's T = 6 (its default batch sizes
+    land on the leading, time axis; an explicit T = 9): the runner declares the fed shapes in
+    the reference net's Input layer, since real Caffe builds a recurrent layer for one T."""
+    import portanet
+    from tests.converters.caffe.conftest import net_text, write_weights
+
+    c = Case(CASES[1])  # LSTM with a static input and exposed states
+    proto = tmp_path / "rec.prototxt"
+    proto.write_text(net_text(c.layer("rec"), inputs=c.inputs(T, N)))
+    weights = write_weights(tmp_path / "rec.caffemodel", {"rec": c.blobs})
+    nine = {"x": [9, N, 2, 2], "cont": [9, N], "xs": [N, S], "h0": [1, N, H], "c0": [1, N, H]}
+    for shapes in (None, [nine]):
+        report = portanet.verify(str(proto), str(weights), shapes=shapes, backends=["ort", "torch"], bisect=True)
+        assert report.tools["reference"].startswith("BVLC Caffe")
+        assert report.passed, report.summary()
+        assert report.bisect is not None and report.bisect.compared >= 1

@@ -325,3 +325,25 @@ def test_portanet_train_updates_weights_inside_the_loop(cntk_zoo_dir, tmp_path):
     scan = next(n for n in onnx.load(str(trained)).graph.node if n.op_type == "Scan")
     body = next(a.g for a in scan.attribute if a.name == "body")
     assert h_name in {i for n in body.node for i in n.input}  # H is read inside the Scan body
+
+
+def test_portanet_train_cross_entropy_on_the_last_step(cntk_zoo_dir, tmp_path):
+    """sequence.last's classifier output is a length-1 sequence (N, 1, C): integer labels (N,)
+    train it with the default loss (cross-entropy over the C scores) and report accuracy."""
+    from click.testing import CliRunner
+
+    from portanet.cli import cli
+
+    m = build_recurrent("lstm_last", directory=cntk_zoo_dir)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "seq.npz"
+    np.savez(data, x=rng.standard_normal((48, 6, 4)).astype(np.float32), y=rng.integers(0, 3, 48))
+    onnx_path, trained = tmp_path / "lstm.onnx", tmp_path / "trained.onnx"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["convert", str(m.path), "-o", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", str(onnx_path), "--data", str(data), "--train-output", "dense",
+                              "--epochs", "1", "--batch-size", "16", "-o", str(trained)])
+    assert res.exit_code == 0, res.output
+    assert " acc " in res.output and "test acc" in res.output  # a classification run
+    assert trained.exists()

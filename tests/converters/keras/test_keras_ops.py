@@ -199,19 +199,8 @@ def test_mobilenet_v3_hard_swish_keeps_images_channels_first() -> None:
     assert ops.count("Transpose") == 2, ops
 
 
-# one interface layout each (the suite's time budget); every op above runs in both
-@pytest.mark.parametrize("name,nchw", [("MobileNetV3Small", True), ("MobileNetV3Large", False)])
-def test_mobilenet_v3_converts(name: str, nchw: bool) -> None:
-    """keras.applications' MobileNetV3 calls keras.ops directly (hard-swish as ops.Add/ops.Multiply)."""
-    import portanet
-    from tests.converters.keras.conftest import assert_parity
-    from tests.converters.keras.test_keras_layers import _bn_random
-
-    keras.utils.set_random_seed(0)
-    # no final softmax: random 1000-class probabilities are nearly flat, logits are a stronger check
-    model = _bn_random(getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3),
-                                                           classifier_activation=None))
-    assert_parity(portanet.convert(model, nchw=nchw), model, random_inputs(model), nchw)
+# keras.applications' MobileNetV3 (hard-swish as raw ops.Add/ops.Multiply nodes) is checked in all
+# four cells by test_keras_applications.py
 
 
 def test_raw_ops_model_from_keras_file(tmp_path) -> None:

@@ -1,7 +1,7 @@
 """Layers without a handler, traced through Keras' op-level symbolic execution: a user's Layer
 subclass with its own weight, Lambda layers, a subclassed keras.Model nested in a functional
-one, subclassed models from files and the CLI, and keras.applications' LayerScale /
-CustomScaleLayer. References: Keras' own inference; bisection against the Keras runner."""
+one, subclassed models from files and the CLI (keras.applications' LayerScale / CustomScaleLayer:
+test_keras_applications.py). References: Keras' own inference; bisection against the Keras runner."""
 
 from __future__ import annotations
 
@@ -105,22 +105,8 @@ def test_bisect_names_a_traced_custom_layer() -> None:
     assert report.bisect.last_good == "conv"
 
 
-# one layout each (the suite's time budget): the layout handling of traced layers is covered in
-# both layouts by the custom-layer tests above
-@pytest.mark.parametrize("name,shape,nchw", [("ConvNeXtTiny", (32, 32, 3), False),
-                                             ("InceptionResNetV2", (75, 75, 3), True)])
-def test_applications_with_custom_layers(name: str, shape, nchw: bool) -> None:
-    """keras.applications' LayerScale (ConvNeXt) and CustomScaleLayer (Inception-ResNet) are traced."""
-    import portanet
-    from tests.converters.keras.test_keras_layers import _bn_random
-
-    keras.utils.set_random_seed(0)
-    model = _bn_random(getattr(keras.applications, name)(weights=None, input_shape=shape,
-                                                         classifier_activation=None))
-    ir_model = portanet.convert(model, nchw=nchw)
-    traced = {n.metadata_props["portanet.source_type"] for n in ir_model.graph}
-    assert traced & {"LayerScale", "CustomScaleLayer"}
-    assert_parity(ir_model, model, random_inputs(model), nchw)
+# keras.applications' LayerScale (ConvNeXt) and CustomScaleLayer (Inception-ResNet) are traced in
+# test_keras_applications.py (every ConvNeXt and InceptionResNetV2, both layouts, both backends)
 
 
 # -- files and the CLI ----------------------------------------------------------------------

@@ -10,7 +10,10 @@ from tests.converters.keras.conftest import ATOL, RTOL, assert_parity, random_in
 
 keras = pytest.importorskip("keras")
 
-APPS = ["resnet50", "mobilenetv2", "efficientnetb0", "inceptionv3", "vgg16"]
+#: zoo keras.applications models with their 1000-class softmax head, checked here for that head and the
+#: pre-classifier probe (MobileNetV2 at 96x96 also meets odd sizes at its stride-2 "same" convolutions);
+#: every constructor's logits are checked in all four cells by test_keras_applications.py
+APPS = ["resnet50", "mobilenetv2"]
 LAYOUTS = pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
 
 

@@ -130,20 +130,28 @@ def test_metadata_roundtrip(v18, tmp_path):
     assert again.metadata_props["portanet.parity"] == '{"max_abs": 1e-7}'
 
 
-def test_interrupted_save_leaves_no_file(v18, tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["write_streamed", "external"])
+def test_interrupted_save_leaves_no_file(v18, tmp_path, monkeypatch, writer):
+    """A save that dies half-way (after its writer wrote part of the file) leaves neither the
+    target nor temp files, on both write paths: weights streamed into one file, and external data."""
     model = load_onnx(v18)
     target = tmp_path / "out.onnx"
-    real_save = pio.ir.save
 
-    def dying_save(m, path, **kw):
-        real_save(m, path, **kw)
-        with open(path, "r+b") as f:  # half-written, then the process "dies"
-            f.truncate(100)
-        raise KeyboardInterrupt
+    def die_after(real):
+        def dying(*args, **kw):
+            real(*args, **kw)
+            path = args[2] if writer == "write_streamed" else args[1]
+            with open(path, "r+b") as f:  # half-written, then the process "dies"
+                f.truncate(100)
+            raise KeyboardInterrupt
+        return dying
 
-    monkeypatch.setattr(pio.ir, "save", dying_save)
+    if writer == "write_streamed":
+        monkeypatch.setattr(pio, "write_streamed", die_after(pio.write_streamed))
+    else:
+        monkeypatch.setattr(pio.ir, "save", die_after(pio.ir.save))
     with pytest.raises(KeyboardInterrupt):
-        save_onnx(model, target)
+        save_onnx(model, target, external_data=writer == "external")
     assert not target.exists()
     assert os.listdir(tmp_path) == []  # no temp leftovers either
 

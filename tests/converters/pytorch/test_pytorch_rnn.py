@@ -115,3 +115,29 @@ def test_verify_and_bisect_through_rnn(converted) -> None:
     report = portanet.verify(net, onnx=bad, shapes=[{"x": [2, 6, FEATURES]}], backends=["torch"], bisect=True)
     assert not report.passed
     assert report.bisect is not None and report.bisect.layer == "rnn", report.bisect
+
+
+def test_every_conversion_in_a_process_keeps_the_time_axis() -> None:
+    """Converting the same recurrent model again, after eager runs in between, keeps the
+    symbolic time axis (torch's exporter left a cached per-step decomposition of aten::lstm /
+    aten::gru behind, which pinned T on every conversion after the first)."""
+
+    class Mixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True)
+            self.gru = torch.nn.GRU(HIDDEN, HIDDEN, batch_first=True)
+            self.rnn = torch.nn.RNN(HIDDEN, HIDDEN, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(self.gru(self.lstm(x)[0])[0])[0]
+
+    net = Mixed().eval()
+    x = torch.randn(2, 5, FEATURES)
+    for _ in range(2):
+        with torch.no_grad():
+            net(x)
+        model = portanet.convert(net, example_inputs=(x,))
+        dims = [d if isinstance(d, int) else str(d) for d in model.graph.inputs[0].shape]
+        assert dims == ["N", "T", FEATURES]
+        assert {"LSTM", "GRU", "RNN"} <= {n.op_type for n in model.graph}

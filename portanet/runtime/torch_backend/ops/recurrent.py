@@ -111,11 +111,27 @@ _TORCH_ORDER = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2], "RNN": [0]}
 
 
 def _reorder(t: torch.Tensor, kind: str, hidden: int) -> torch.Tensor:
-    """(G*H, ...) in ONNX gate order -> the same in torch's gate order."""
+    """(G*H, ...) in ONNX gate order -> the same in torch's gate order.
+
+    One gather of rows (a single backward op, where slices + cat cost one zero-filled
+    gradient per gate)."""
     order = _TORCH_ORDER[kind]
     if len(order) == 1:
         return t
-    return torch.cat([t[g * hidden:(g + 1) * hidden] for g in order], 0)
+    return t.index_select(0, _gate_rows(kind, hidden, t.device))
+
+
+_ROWS: dict[tuple[str, int, torch.device], torch.Tensor] = {}
+
+
+def _gate_rows(kind: str, hidden: int, device: torch.device) -> torch.Tensor:
+    """Row indices taking ONNX's gate stack to torch's (cached per kind, size and device)."""
+    key = (kind, hidden, device)
+    rows = _ROWS.get(key)
+    if rows is None:
+        rows = torch.cat([torch.arange(g * hidden, (g + 1) * hidden) for g in _TORCH_ORDER[kind]]).to(device)
+        _ROWS[key] = rows
+    return rows
 
 
 def _reverse_index(lens: torch.Tensor | None, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
