@@ -54,7 +54,8 @@ def efficientnet_b0():
     from model_zoo.keras.models import randomize_batchnorm
 
     model = randomize_batchnorm(keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3)))
-    norm = model.get_layer("normalization")
+    # Keras numbers layer names per process (normalization, normalization_1, ...): find it by type
+    (norm,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
     norm.adapt_mean.assign(np.array([0.1, 0.2, 0.3], np.float32))
     norm.adapt_variance.assign(np.array([2.0, 3.0, 4.0], np.float32))
     norm.finalize_state()
@@ -342,7 +343,7 @@ def test_weight_order_is_keras_save_order() -> None:
 
 
 @pytest.mark.parametrize(("name", "why"), [("custom_layer_model", "layer 'scale' is a custom class"),
-                                         ("unhandled_op_model", "keras.ops call 'mean' \\(Mean")])
+                                         ("unhandled_op_model", "keras.ops call 'mean(_[0-9]+)?' \\(Mean")])
 def test_unsupported_content_falls_back_to_keras(name: str, why: str, caplog) -> None:
     model, path = _model_file(name, ".keras")
     with pytest.raises(ConversionError, match=why):
