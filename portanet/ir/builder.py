@@ -235,6 +235,15 @@ class GraphBuilder:
         return model
 
 
+def graphs_of(attr: ir.Attr) -> list[ir.Graph]:
+    """The subgraphs an attribute holds (If branches, Loop/Scan bodies); [] for other attributes."""
+    if attr.type == ir.AttributeType.GRAPH:
+        return [attr.value]
+    if attr.type == ir.AttributeType.GRAPHS:
+        return list(attr.value)
+    return []
+
+
 def new_model(graph: ir.Graph) -> ir.Model:
     """Wrap a graph in an ``ir.Model`` with portanet's producer fields."""
     from portanet import __version__

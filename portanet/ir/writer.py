@@ -70,7 +70,9 @@ def serialize_head(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, np.ndarr
     return proto, arrays
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (negative numbers as their 64-bit two's complement)."""
+    n &= (1 << 64) - 1
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -84,7 +86,7 @@ def _varint(n: int) -> bytes:
 
 def _key(message: Any, field: str) -> bytes:
     """The tag of a length-delimited field (wire type 2)."""
-    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+    return varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
 
 
 def _is_streamed(tensor: onnx.TensorProto) -> bool:
@@ -105,15 +107,15 @@ def write(proto: onnx.ModelProto, arrays: dict[str, np.ndarray], path: str | os.
             arr = arrays.get(tensor.name) if _is_streamed(tensor) else None
             if arr is None:
                 body = tensor.SerializeToString()
-                record = init_key + _varint(len(body)) + body
-                f.write(graph_key + _varint(len(record)) + record)
+                record = init_key + varint(len(body)) + body
+                f.write(graph_key + varint(len(record)) + record)
                 continue
             header = onnx.TensorProto()
             header.CopyFrom(tensor)
             header.ClearField("external_data")
             header.ClearField("data_location")
-            prefix = header.SerializeToString() + raw_key + _varint(arr.nbytes)
+            prefix = header.SerializeToString() + raw_key + varint(arr.nbytes)
             size = len(prefix) + arr.nbytes  # the TensorProto
-            inner = init_key + _varint(size)  # GraphProto.initializer
-            f.write(graph_key + _varint(len(inner) + size) + inner + prefix)
+            inner = init_key + varint(size)  # GraphProto.initializer
+            f.write(graph_key + varint(len(inner) + size) + inner + prefix)
             f.write(memoryview(arr).cast("B"))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from portanet.ir.builder import graphs_of
 from portanet.ir.io import atomic_write_bytes, save_onnx
 from portanet.ir.provenance import source_of
 from portanet.parity.compare import TensorStats, compare
@@ -144,7 +145,7 @@ def _inner_points(model: ir.Model, outer: set[str]) -> dict[int, list[LayerPoint
     branches, Loop/Scan bodies), in execution order, each at the output of its last node."""
     result: dict[int, list[LayerPoint]] = {}
     for i, top in enumerate(model.graph):
-        subgraphs = [g for a in top.attributes.values() for g in _graphs_of(a)]
+        subgraphs = [g for a in top.attributes.values() for g in graphs_of(a)]
         if not subgraphs:
             continue
         last: dict[str, ir.Node] = {}
@@ -168,14 +169,6 @@ def _inner_points(model: ir.Model, outer: set[str]) -> dict[int, list[LayerPoint
         if points:
             result[i] = points
     return result
-
-
-def _graphs_of(a: ir.Attr) -> list[ir.Graph]:
-    if a.type == ir.AttributeType.GRAPH:
-        return [a.value]
-    if a.type == ir.AttributeType.GRAPHS:
-        return list(a.value)
-    return []
 
 
 def run_with_outputs(

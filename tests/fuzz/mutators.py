@@ -29,6 +29,8 @@ import zipfile
 from collections.abc import Callable
 from typing import Any
 
+from portanet.ir.writer import varint as _varint
+
 #: values that break size arithmetic: zero, one, sign bits, int32/int64 limits, beyond int64
 EDGE_INTS = [0, 1, 2, 3, 7, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**64 - 1]
 EDGE_SIGNED = [-1, -2, -(2**31), -(2**63)]
@@ -80,19 +82,6 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if not c & 0x80:
             return result, pos
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        c = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(c | 0x80)
-        else:
-            out.append(c)
-            return bytes(out)
 
 
 def parse_pb(data: bytes, depth: int = 0) -> list[Field] | None:

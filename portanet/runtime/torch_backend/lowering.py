@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from portanet.errors import ConversionError, PortanetError, UnsupportedOpError
+from portanet.ir.builder import graphs_of
 from portanet.ir.frozen import frozen_names
 from portanet.ir.provenance import source_of
 from portanet.runtime.torch_backend.param_cache import hoist_param_expressions
@@ -393,20 +394,12 @@ def free_values(graph: ir.Graph) -> list[ir.Value]:
         for v in node.inputs:
             want(v)
         for a in node.attributes.values():
-            for sub in _graphs_of(a):
+            for sub in graphs_of(a):
                 for v in free_values(sub):
                     want(v)
     for v in graph.outputs:
         want(v)
     return list(free)
-
-
-def _graphs_of(a: ir.Attr) -> list[ir.Graph]:
-    if a.type == ir.AttributeType.GRAPH:
-        return [a.value]
-    if a.type == ir.AttributeType.GRAPHS:
-        return list(a.value)
-    return []
 
 
 def lower_subgraph(ctx: LowerCtx, graph: ir.Graph) -> tuple[Subgraph, list[Ref]]:

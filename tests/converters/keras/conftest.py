@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -73,3 +77,35 @@ def keras_zoo():
         return cache[name]
 
     return get
+
+
+# runs `portanet convert` on each (source, output) pair given on its command line, in one
+# process, then lists the frameworks that process imported
+_CONVERT_RUNNER = textwrap.dedent('''
+    import sys
+    from portanet.cli import main
+    pairs = sys.argv[1:]
+    for src, out in zip(pairs[::2], pairs[1::2]):
+        sys.argv = ["portanet", "convert", src, "-o", out]
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        else:
+            code = 0
+        print("EXIT", code)
+    print("IMPORTED", " ".join(sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "torch", "jax"})))
+''')
+
+
+def convert_in_fresh_process(pairs: list[tuple[str, str]]) -> tuple[list[int], set[str], str]:
+    """The real CLI's `portanet convert SRC -o OUT` for each pair, in one fresh process (from the
+    repository root, without this process' KERAS_BACKEND): the exit codes, the frameworks that
+    process imported (of keras, tensorflow, torch, jax) and its whole output for messages."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    args = [a for pair in pairs for a in pair]
+    res = subprocess.run([sys.executable, "-c", _CONVERT_RUNNER, *args], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=str(Path(__file__).resolve().parents[3]))
+    codes = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("EXIT ")]
+    imported = next((set(line.split()[1:]) for line in res.stdout.splitlines() if line.startswith("IMPORTED")), set())
+    return codes, imported, res.stdout + res.stderr

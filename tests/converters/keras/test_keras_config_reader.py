@@ -14,15 +14,12 @@ import hashlib
 import inspect
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.converters.keras.conftest import assert_parity, random_inputs
+from tests.converters.keras.conftest import assert_parity, convert_in_fresh_process, random_inputs
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
@@ -354,23 +351,6 @@ def test_unsupported_content_falls_back_to_keras(name: str, why: str, caplog) ->
     assert_parity(converted, model, random_inputs(model, batch=3), nchw=False)
 
 
-# runs `portanet convert` on each (source, output) pair in one process, then lists the
-# frameworks that process imported
-CLI_RUNNER = textwrap.dedent('''
-    import sys
-    from portanet.cli import main
-    pairs = sys.argv[1:]
-    for src, out in zip(pairs[::2], pairs[1::2]):
-        sys.argv = ["portanet", "convert", src, "-o", out]
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code
-        else:
-            code = 0
-        print("EXIT", code)
-    print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "torch", "jax"}))
-''')
 
 
 def test_cli_convert_imports_no_framework(tmp_path) -> None:
@@ -380,11 +360,9 @@ def test_cli_convert_imports_no_framework(tmp_path) -> None:
     args = []
     for i, (_, path) in enumerate(files):
         args += [str(path), str(tmp_path / f"out{i}.onnx")]
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    res = subprocess.run([sys.executable, "-c", CLI_RUNNER, *args], capture_output=True, text=True, timeout=600,
-                         env=env, cwd=str(Path(__file__).resolve().parents[3]))
-    assert res.stdout.count("EXIT 0") == 2, res.stdout + res.stderr
-    assert "IMPORTED []" in res.stdout, res.stdout
+    codes, imported, output = convert_in_fresh_process(list(zip(args[::2], args[1::2])))
+    assert codes == [0, 0], output
+    assert imported == set(), output
     for i, (model, _) in enumerate(files):
         assert_parity(portanet.load(tmp_path / f"out{i}.onnx"), model, random_inputs(model), nchw=False)
 

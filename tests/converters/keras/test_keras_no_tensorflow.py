@@ -5,33 +5,13 @@ model is checked against Keras on TensorFlow in this process."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-from tests.converters.keras.conftest import assert_parity, random_inputs
+from tests.converters.keras.conftest import assert_parity, convert_in_fresh_process, random_inputs
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("torch")
 
-# converts each (source, output) pair given on its command line, in one process
-RUNNER = textwrap.dedent('''
-    import sys
-    from portanet.cli import main
-    pairs = sys.argv[1:]
-    for src, out in zip(pairs[::2], pairs[1::2]):
-        sys.argv = ["portanet", "convert", src, "-o", out]
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code
-        else:
-            code = 0
-        print("EXIT", code)
-    print("TENSORFLOW", "tensorflow" in sys.modules)
-''')
 
 
 def _model(raw_ops: bool):
@@ -46,7 +26,6 @@ def _model(raw_ops: bool):
 
 
 def test_convert_does_not_import_tensorflow(tmp_path) -> None:
-    import os
 
     import portanet
 
@@ -55,10 +34,9 @@ def test_convert_does_not_import_tensorflow(tmp_path) -> None:
     for suffix, model in models.items():
         model.save(tmp_path / f"m{suffix}")
         args += [str(tmp_path / f"m{suffix}"), str(tmp_path / f"m{suffix}.onnx")]
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    res = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, timeout=600, env=env)
-    assert res.stdout.count("EXIT 0") == 2, res.stdout + res.stderr
-    assert "TENSORFLOW False" in res.stdout, res.stdout
+    codes, imported, output = convert_in_fresh_process(list(zip(args[::2], args[1::2])))
+    assert codes == [0, 0], output
+    assert "tensorflow" not in imported, output
     for suffix, model in models.items():
         out = tmp_path / f"m{suffix}.onnx"
         assert_parity(portanet.load(out), model, random_inputs(model), nchw=False)
