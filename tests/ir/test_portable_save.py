@@ -19,17 +19,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from portanet.ir.io import save_onnx
 from portanet.ir.portable import make_portable
+from tests.tolerance import parity_bound
 
 RNG = np.random.default_rng(0)
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.max(np.abs(ref))) if ref.size else 1e-5
-
 
 def _assert_close(got: np.ndarray, ref: np.ndarray) -> None:
     assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert float(np.max(np.abs(got.astype(np.float64) - ref))) <= _tol(ref)
+    assert float(np.max(np.abs(got.astype(np.float64) - ref))) <= parity_bound(ref)
 
 
 def _ort(model: onnx.ModelProto | str, feeds: dict) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ import portanet
 from portanet.cli import cli
 from portanet.errors import UnsupportedOpError
 from portanet.runtime.session import Session
+from tests.tolerance import parity_bound
 
 pytestmark = pytest.mark.skipif(
     __import__("model_zoo.mxnet", fromlist=["mxnet_python"]).mxnet_python() is None,
@@ -45,9 +46,6 @@ def rnn_zoo():
     return get
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.abs(ref).max(initial=0.0))
-
 
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 @pytest.mark.parametrize("name", MODELS)
@@ -63,7 +61,7 @@ def test_parity_with_mxnet(rnn_zoo, name: str, backend: str) -> None:
             ref = refs[f"out{i}"]
             assert g.shape == ref.shape, (name, k, i, g.shape, ref.shape)
             err = float(np.abs(g - ref).max())
-            assert err <= _tol(ref), f"{name} case {k} output {i}: {err:.3g}"
+            assert err <= parity_bound(ref), f"{name} case {k} output {i}: {err:.3g}"
 
 
 def test_weights_stay_mxnet_arrays(rnn_zoo) -> None:

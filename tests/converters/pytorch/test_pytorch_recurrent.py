@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 import portanet  # noqa: E402
 from portanet.errors import UnsupportedOpError  # noqa: E402
 from portanet.runtime.session import Session  # noqa: E402
+from tests.tolerance import parity_bound  # noqa: E402
 
 FEATURES = 6
 
@@ -119,9 +120,6 @@ def converted(tmp_path_factory):
     return get
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.abs(ref).max(initial=0.0))
-
 
 CELLS = [(b, t) for b in (1, 3) for t in (2, 9)]
 
@@ -144,7 +142,7 @@ def test_parity_batches_and_lengths(converted, name: str, backend: str) -> None:
             for g, r in zip(got, refs):
                 assert g.shape == r.shape, (batch, steps, g.shape, r.shape)
                 err = float(np.abs(g - r).max())
-                assert err <= _tol(r), f"{name} {backend} batch {batch} T {steps}: {err:.3g}"
+                assert err <= parity_bound(r), f"{name} {backend} batch {batch} T {steps}: {err:.3g}"
 
 
 def test_time_axis_is_symbolic(converted) -> None:

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import portanet  # noqa: E402
 from portanet.runtime.session import Session  # noqa: E402
+from tests.tolerance import parity_bound  # noqa: E402
 
 FEATURES, HIDDEN = 4, 5
 
@@ -64,9 +65,6 @@ def converted():
     return get
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.abs(ref).max(initial=0.0))
-
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_rnn_nodes_with_a_symbolic_time_axis(converted, name: str) -> None:
@@ -98,7 +96,7 @@ def test_parity_lengths_and_batches(converted, name: str, backend: str) -> None:
             for what, g, r in zip(("output", "h_n"), got, refs):
                 assert g.shape == r.shape, (what, batch, steps, g.shape, r.shape)
                 err = float(np.abs(g - r).max())
-                assert err <= _tol(r), f"{name} {backend} {what} batch {batch} T {steps}: {err:.3g}"
+                assert err <= parity_bound(r), f"{name} {backend} {what} batch {batch} T {steps}: {err:.3g}"
 
 
 

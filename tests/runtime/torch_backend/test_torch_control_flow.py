@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from portanet.runtime.torch_backend import TorchBackend, lower
 from portanet.runtime.torch_backend.ops.control_flow import If
+from tests.tolerance import parity_bound
 
 FLOAT = TensorProto.FLOAT
 
@@ -186,9 +187,6 @@ def scan_model() -> tuple[onnx.ModelProto, list[dict]]:
 MODELS = {"if_nested": if_model, "lstm_in_if": lstm_if_model, "loop": loop_model, "scan": scan_model}
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.abs(ref.astype(np.float64)).max(initial=0.0))
-
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_matches_onnxruntime(name: str) -> None:
@@ -202,7 +200,7 @@ def test_matches_onnxruntime(name: str) -> None:
             g = got[out.name]
             assert g.shape == ref.shape, (out.name, g.shape, ref.shape)
             if ref.dtype.kind == "f":
-                assert float(np.abs(g - ref).max(initial=0.0)) <= _tol(ref), out.name
+                assert float(np.abs(g - ref).max(initial=0.0)) <= parity_bound(ref), out.name
             else:
                 np.testing.assert_array_equal(g, ref)
 

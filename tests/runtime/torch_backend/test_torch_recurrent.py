@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from portanet.runtime.torch_backend import TorchBackend, lower
 from portanet.runtime.torch_backend.ops.recurrent import Recurrent
+from tests.tolerance import parity_bound
 
 T, N, F, H = 5, 3, 4, 6  # steps, batch, input features, hidden units
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -110,9 +111,6 @@ CASES = [
 ]
 
 
-def _tol(ref: np.ndarray) -> float:
-    return 1e-5 + 1e-4 * float(np.abs(ref).max(initial=0.0))
-
 
 def _ort_reference(op: str, attrs: dict, opts: dict, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """ONNX Runtime's outputs. ORT's CPU kernels refuse layout=1 (batch-first): for those
@@ -142,7 +140,7 @@ def test_matches_onnxruntime(case) -> None:
     for name, ref in zip(["Y", "Y_h", "Y_c"], refs):
         assert got[name].shape == ref.shape, name
         err = float(np.abs(got[name] - ref).max())
-        assert err <= _tol(ref), f"{name}: max error {err:.3g} > {_tol(ref):.3g}"
+        assert err <= parity_bound(ref), f"{name}: max error {err:.3g} > {parity_bound(ref):.3g}"
 
 
 def test_weights_are_trainable_parameters_and_receive_gradients() -> None:
@@ -163,4 +161,4 @@ def test_only_hidden_state_output() -> None:
     del model.graph.output[0]
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = TorchBackend(ir.serde.deserialize_model(model)).run(feeds)["Y_h"]
-    assert np.abs(got - ref).max() <= _tol(ref)
+    assert np.abs(got - ref).max() <= parity_bound(ref)
