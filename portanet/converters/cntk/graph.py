@@ -312,18 +312,19 @@ def _components(functions: dict[str, Function], producers: dict[str, str], varia
     stack: list[str] = []
     result: list[list[str]] = []
 
+    def producer(name: str) -> str | None:
+        """The function producing ``name``; None for a (bound) variable."""
+        if name in variables:
+            if variables[name].kind == PLACEHOLDER:
+                raise InvalidModelError(f"{where}: CNTK placeholder '{name}' is not bound to any variable")
+            return None
+        p = producers.get(name)
+        if p is None or p not in functions:
+            raise InvalidModelError(f"{where}: corrupt CNTK model: '{name}' is neither a variable nor a function output")
+        return p
+
     def deps(fuid: str) -> list[str]:
-        out = []
-        for name in functions[fuid].inputs:
-            if name in variables:
-                if variables[name].kind == PLACEHOLDER:
-                    raise InvalidModelError(f"{where}: CNTK placeholder '{name}' is not bound to any variable")
-                continue
-            p = producers.get(name)
-            if p is None or p not in functions:
-                raise InvalidModelError(f"{where}: corrupt CNTK model: '{name}' is neither a variable nor a function output")
-            out.append(p)
-        return out
+        return [p for p in map(producer, functions[fuid].inputs) if p is not None]
 
     def visit(w: str, work: list[tuple[str, list[str], int]]) -> None:
         index[w] = low[w] = len(index)
@@ -332,14 +333,8 @@ def _components(functions: dict[str, Function], producers: dict[str, str], varia
         work.append((w, deps(w), 0))
 
     for out in outs:
-        if out in variables:
-            if variables[out].kind == PLACEHOLDER:
-                raise InvalidModelError(f"{where}: CNTK placeholder '{out}' is not bound to any variable")
-            continue
-        root = producers.get(out)
-        if root is None or root not in functions:
-            raise InvalidModelError(f"{where}: corrupt CNTK model: '{out}' is neither a variable nor a function output")
-        if root in index:
+        root = producer(out)
+        if root is None or root in index:
             continue
         work: list[tuple[str, list[str], int]] = []
         visit(root, work)
